@@ -1,0 +1,38 @@
+"""rgraph: a define-then-run graph compiler for recurrent networks.
+
+>>> import numpy as np, rgraph as rg
+>>> g = rg.Graph("affine")
+>>> x = g.input("x", (2, 1)); W = g.param("W", (3, 2)); b = g.param("b", (3, 1))
+>>> h = g.output(g.add(g.mul(W, x), b), name="h")
+>>> prog = rg.compile(g, cotangents=[h])
+>>> res = prog.run({"x": np.ones((2, 1))}, {"W": np.ones((3, 2)), "b": np.zeros((3, 1))},
+...                cotangents={"h": np.array([[1.0], [0.0], [0.0]])})
+>>> res.grads["W"].tolist()
+[[1.0, 1.0], [0.0, 0.0], [0.0, 0.0]]
+"""
+
+from rgraph import errors
+from rgraph.builder import Graph, Value
+from rgraph.exec import Interpreter, Program, Result, compile
+from rgraph.gradcheck import GradcheckReport, gradcheck
+from rgraph.init import init_params
+from rgraph.ir import GraphIR, Init, TensorType
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GradcheckReport",
+    "Graph",
+    "GraphIR",
+    "Init",
+    "Interpreter",
+    "Program",
+    "Result",
+    "TensorType",
+    "Value",
+    "__version__",
+    "compile",
+    "errors",
+    "gradcheck",
+    "init_params",
+]

@@ -1,0 +1,5 @@
+import sys
+
+from rgraph.cli import main
+
+sys.exit(main())

@@ -1,0 +1,370 @@
+"""The define-then-run front end: a :class:`Graph` records ops on symbolic :class:`Value` s.
+
+Building computes nothing. Each op call infers its output types at once, so a shape or
+dtype mistake raises at the line of the user's script that made it.
+
+>>> import rgraph as rg
+>>> g = rg.Graph("affine")
+>>> x = g.input("x", (5, 1))
+>>> W = g.param("W", (3, 5), init="uniform")
+>>> b = g.param("b", (3, 1))
+>>> h = g.output(W @ x + b, name="h")
+>>> h.type
+TensorType(dtype='float64', shape=(3, 1))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from rgraph.errors import DuplicateValueError, GraphError, UndefinedValueError
+from rgraph.ir import dims
+from rgraph.ir.graph import Const, GraphIR, Init, Node, Param, SourceLoc, Var
+from rgraph.ir.op import REGISTRY, get_op
+from rgraph.ir.types import TensorType, dtype_name
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+# Builder methods that are RecurrentJS names for registry ops.
+ALIASES = {"mul": "matmul"}
+
+
+def caller_location() -> SourceLoc | None:
+    """The innermost stack frame outside the rgraph package: the user's line."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not os.path.abspath(filename).startswith(_PACKAGE_DIR):
+            return SourceLoc.model_construct(
+                file=filename, line=frame.f_lineno, function=frame.f_code.co_name
+            )
+        frame = frame.f_back  # type: ignore[assignment]
+    return None
+
+
+class Value:
+    """A symbolic tensor in a :class:`Graph`: a name and a type, no data.
+
+    Python operators record ops: ``+ - * /`` are elementwise with numpy broadcasting,
+    ``@`` is a matrix product, ``-x`` negates, ``x[a:b]`` slices, ``x.T`` transposes.
+    """
+
+    __slots__ = ("graph", "name", "type")
+
+    def __init__(self, graph: Graph, name: str, type: TensorType):
+        self.graph = graph
+        self.name = name
+        self.type = type
+
+    @property
+    def shape(self) -> tuple[dims.Dim, ...]:
+        return self.type.shape
+
+    @property
+    def dtype(self) -> str:
+        return self.type.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.type.rank
+
+    def __repr__(self) -> str:
+        return f"Value({self.name}: {self.type})"
+
+    def __bool__(self) -> bool:
+        raise GraphError(
+            f"the truth value of symbolic value '{self.name}' is not known while building"
+            " a graph (define-then-run): use ops, not Python control flow on values"
+        )
+
+    __hash__ = object.__hash__
+
+    def __add__(self, other: Any) -> Value:
+        return self.graph.op("add", self, other)
+
+    def __radd__(self, other: Any) -> Value:
+        return self.graph.op("add", other, self)
+
+    def __sub__(self, other: Any) -> Value:
+        return self.graph.op("sub", self, other)
+
+    def __rsub__(self, other: Any) -> Value:
+        return self.graph.op("sub", other, self)
+
+    def __mul__(self, other: Any) -> Value:
+        return self.graph.op("eltmul", self, other)
+
+    def __rmul__(self, other: Any) -> Value:
+        return self.graph.op("eltmul", other, self)
+
+    def __truediv__(self, other: Any) -> Value:
+        return self.graph.op("div", self, other)
+
+    def __rtruediv__(self, other: Any) -> Value:
+        return self.graph.op("div", other, self)
+
+    def __neg__(self) -> Value:
+        return self.graph.op("neg", self)
+
+    def __matmul__(self, other: Any) -> Value:
+        return self.graph.op("matmul", self, other)
+
+    def __rmatmul__(self, other: Any) -> Value:
+        return self.graph.op("matmul", other, self)
+
+    @property
+    def T(self) -> Value:
+        """The transpose of a matrix (the last two axes swapped)."""
+        perm = list(range(self.ndim))
+        perm[-2:] = perm[-1:-3:-1]
+        return self.graph.op("transpose", self, perm=perm)
+
+    def __getitem__(self, index: Any) -> Value:
+        """Basic slicing: ``x[a:b]``, ``x[:, 2:5]``, ``x[3]`` (an int drops the axis)."""
+        index = index if isinstance(index, tuple) else (index,)
+        if len(index) > self.ndim:
+            raise GraphError(f"too many indices ({len(index)}) for {self!r}")
+        out, dropped = self, []
+        for axis, ix in enumerate(index):
+            if isinstance(ix, slice):
+                if ix == slice(None):
+                    continue
+                out = self.graph.op(
+                    "slice", out, axis=axis, start=ix.start, stop=ix.stop, step=ix.step or 1
+                )
+            elif isinstance(ix, (int, np.integer)) and not isinstance(ix, bool):
+                stop = None if ix == -1 else int(ix) + 1
+                out = self.graph.op("slice", out, axis=axis, start=int(ix), stop=stop)
+                dropped.append(axis)
+            else:
+                raise GraphError(f"unsupported index {ix!r}: use ints and slices")
+        if dropped:
+            shape = [d for i, d in enumerate(out.shape) if i not in dropped]
+            out = self.graph.op("reshape", out, shape=shape)
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        """Registry ops as methods: ``x.tanh()``, ``x.sum(axes=[0])``."""
+        if name.startswith("_"):
+            raise AttributeError(name)
+        opname = ALIASES.get(name, name)
+        if opname not in REGISTRY:
+            raise AttributeError(f"'Value' has no attribute or op {name!r}")
+        return lambda *args, **kw: self.graph.op(opname, self, *args, **kw)
+
+
+class Graph:
+    """A graph under construction, define-then-run.
+
+    ``input``, ``param`` and ``const`` declare values; every registry op is a method
+    (``g.tanh(x)``, ``g.matmul(a, b, transpose_b=True)``), RecurrentJS's ``g.mul`` is
+    ``matmul`` and ``g.eltmul`` the elementwise product; ``output`` marks results.
+    ``g.ir`` is the validated-by-construction :class:`~rgraph.ir.graph.GraphIR`.
+    """
+
+    def __init__(self, name: str = "graph"):
+        self.name = name
+        self._inputs: list[Var] = []
+        self._params: list[Param] = []
+        self._consts: list[Const] = []
+        self._nodes: list[Node] = []
+        self._outputs: list[str] = []
+        self._types: dict[str, TensorType] = {}
+        self._counter = 0
+        self._loc_override: SourceLoc | None = None
+
+    # --- construction from existing IR (used by passes) ----------------------------
+
+    @classmethod
+    def from_ir(cls, ir: GraphIR) -> Graph:
+        """A builder that extends a copy of ``ir`` (its nodes are kept as they are)."""
+        g = cls(ir.name)
+        g._inputs = list(ir.inputs)
+        g._params = list(ir.params)
+        g._consts = list(ir.consts)
+        g._nodes = list(ir.nodes)
+        g._outputs = list(ir.outputs)
+        g._types = ir.types()
+        g._counter = len(g._types)
+        return g
+
+    @property
+    def ir(self) -> GraphIR:
+        return GraphIR.model_construct(
+            name=self.name,
+            inputs=tuple(self._inputs),
+            params=tuple(self._params),
+            consts=tuple(self._consts),
+            nodes=tuple(self._nodes),
+            outputs=tuple(self._outputs),
+        )
+
+    def __str__(self) -> str:
+        return str(self.ir)
+
+    def value(self, name: str) -> Value:
+        """The symbolic value defined under ``name``."""
+        try:
+            return Value(self, name, self._types[name])
+        except KeyError:
+            raise UndefinedValueError(f"graph '{self.name}' defines no value '{name}'") from None
+
+    # --- declarations --------------------------------------------------------------
+
+    def _claim(self, name: str) -> str:
+        if name in self._types:
+            raise DuplicateValueError(
+                f"{_where()}value name '{name}' is already defined in graph '{self.name}'"
+            )
+        return name
+
+    def fresh_name(self, prefix: str = "t") -> str:
+        """A value name not yet used in this graph."""
+        while True:
+            name = f"{prefix}{self._counter}"
+            self._counter += 1
+            if name not in self._types:
+                return name
+
+    def input(self, name: str, shape: Sequence[dims.Dim], dtype: Any = "float64") -> Value:
+        """Declare a graph input fed at run time; dims may be symbolic (``("T", "B")``)."""
+        var = Var(name=self._claim(name), type=TensorType(dtype=dtype_name(dtype), shape=shape))
+        self._inputs.append(var)
+        self._types[name] = var.type
+        return Value(self, name, var.type)
+
+    def param(
+        self,
+        name: str,
+        shape: Sequence[int],
+        dtype: Any = "float64",
+        init: str | Init = "zeros",
+        **init_args: float,
+    ) -> Value:
+        """Declare a trainable parameter of concrete shape, with its initializer.
+
+        ``init`` is an :class:`~rgraph.ir.graph.Init` or its ``kind`` with keyword
+        arguments, e.g. ``init="uniform", low=-0.08, high=0.08`` (RecurrentJS's weights).
+        """
+        t = TensorType(dtype=dtype_name(dtype), shape=shape)
+        if not t.is_concrete:
+            raise GraphError(f"{_where()}parameter '{name}' needs a concrete shape, got {t}")
+        spec = init if isinstance(init, Init) else Init(kind=init, **init_args)
+        p = Param(name=self._claim(name), type=t, init=spec)
+        self._params.append(p)
+        self._types[name] = t
+        return Value(self, name, t)
+
+    def const(self, value: Any, dtype: Any = None, name: str | None = None) -> Value:
+        """A constant tensor stored in the graph (Python scalars in ops become these)."""
+        arr = np.asarray(value, dtype=None if dtype is None else dtype_name(dtype))
+        t = TensorType(dtype=dtype_name(arr.dtype), shape=arr.shape)
+        name = self._claim(name) if name is not None else self.fresh_name("c")
+        self._consts.append(Const.model_construct(name=name, type=t, data=arr.ravel().tolist()))
+        self._types[name] = t
+        return Value(self, name, t)
+
+    def output(self, value: Value, name: str | None = None) -> Value:
+        """Mark ``value`` as a graph output, optionally under a new ``name``."""
+        self._own(value)
+        if name is not None and name != value.name:
+            value = self.op("identity", value, _name=name)
+        if value.name not in self._outputs:
+            self._outputs.append(value.name)
+        return value
+
+    # --- ops -----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def location(self, loc: SourceLoc | None) -> Iterator[None]:
+        """Attribute nodes built inside the block to ``loc`` (generated backward nodes)."""
+        saved, self._loc_override = self._loc_override, loc
+        try:
+            yield
+        finally:
+            self._loc_override = saved
+
+    def op(self, opname: str, *inputs: Any, _name: str | None = None, **kwargs: Any) -> Any:
+        """Record ``opname`` applied to ``inputs``; returns a Value or a tuple of Values.
+
+        Keyword arguments are the op's attributes, or its named optional inputs.
+        Python numbers among the inputs become constants of the first Value's dtype.
+        """
+        op = get_op(opname)
+        loc = self._loc_override or caller_location()
+        if len(inputs) == 1 and isinstance(inputs[0], (list, tuple)):
+            inputs = tuple(inputs[0])
+        inputs = list(inputs)
+        for name in op.input_names:
+            if name in kwargs:
+                extra = kwargs.pop(name)
+                if extra is not None:
+                    inputs.append(extra)
+        ref = next((v for v in inputs if isinstance(v, Value)), None)
+        values = [self._lift(v, ref) for v in inputs]
+        try:
+            op.check_arity(len(values))
+            a = op.parse_attrs(kwargs)
+            out_types = op.infer([v.type for v in values], a)
+        except GraphError as e:
+            shapes = ", ".join(f"{v.name}: {v.type}" for v in values)
+            raise type(e)(f"{_fmt_loc(loc)}{opname}({shapes}): {e}") from None
+        names = [self._claim(_name)] if _name is not None and len(out_types) == 1 else []
+        names += [self.fresh_name() for _ in out_types[len(names) :]]
+        outs = tuple(Var.model_construct(name=n, type=t) for n, t in zip(names, out_types))
+        self._nodes.append(
+            Node.model_construct(
+                op=opname,
+                inputs=tuple(v.name for v in values),
+                outputs=outs,
+                attrs=op.dump_attrs(a),
+                bodies={},
+                loc=loc,
+            )
+        )
+        results = []
+        for var in outs:
+            self._types[var.name] = var.type
+            results.append(Value(self, var.name, var.type))
+        return results[0] if len(results) == 1 else tuple(results)
+
+    def _own(self, v: Value) -> None:
+        if v.graph is not self:
+            raise GraphError(
+                f"{_where()}value '{v.name}' belongs to graph '{v.graph.name}', not '{self.name}'"
+            )
+
+    def _lift(self, v: Any, ref: Value | None) -> Value:
+        if isinstance(v, Value):
+            self._own(v)
+            return v
+        if isinstance(v, (int, float, np.number, np.ndarray, list)) and not isinstance(v, bool):
+            dtype = ref.dtype if ref is not None else None
+            return self.const(v, dtype=dtype)
+        raise GraphError(f"{_where()}expected a Value or a number, got {type(v).__name__}")
+
+    def __getattr__(self, name: str) -> Any:
+        """Registry ops as methods: ``g.tanh(x)``, ``g.eltmul(a, b)``, ``g.mul(W, x)``."""
+        if name.startswith("_"):
+            raise AttributeError(name)
+        opname = ALIASES.get(name, name)
+        if opname not in REGISTRY:
+            raise AttributeError(f"'Graph' has no attribute or op {name!r}")
+        return lambda *args, **kw: self.op(opname, *args, **kw)
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(super().__dir__()) | set(REGISTRY) | set(ALIASES))
+
+
+def _fmt_loc(loc: SourceLoc | None) -> str:
+    return f"{loc}: " if loc is not None else ""
+
+
+def _where() -> str:
+    return _fmt_loc(caller_location())

@@ -1,0 +1,205 @@
+"""The numpy interpreter: a scheduled graph prepared as a flat list of numpy calls.
+
+Values live in numbered slots; each step reads its input slots, writes its output slots
+and clears the slots whose last use it was, so memory is freed as soon as possible. The
+prepared steps depend on the sizes of symbolic dims, so they are cached per binding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from rgraph.errors import ExecutionError, FeedError
+from rgraph.ir import dims
+from rgraph.ir.graph import GraphIR, Node
+from rgraph.ir.op import get_op
+from rgraph.ir.types import TensorType
+
+
+@dataclass(frozen=True)
+class Step:
+    kernel: Any
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+    free: tuple[int, ...]
+    node: int
+
+
+class Interpreter:
+    """Runs one scheduled :class:`GraphIR` on numpy arrays.
+
+    >>> import numpy as np, rgraph as rg
+    >>> g = rg.Graph(); x = g.input("x", (2,)); g.output(x.tanh(), name="y")
+    >>> rg.Interpreter(g.ir).run({"x": np.zeros(2)})["y"]
+    array([0., 0.])
+    """
+
+    def __init__(self, graph: GraphIR):
+        self.graph = graph
+        self.slot: dict[str, int] = {}
+        for name in graph.types():
+            self.slot[name] = len(self.slot)
+        self.consts = [
+            (self.slot[c.name], np.array(c.data, dtype=c.type.dtype).reshape(c.type.shape))
+            for c in graph.consts
+        ]
+        used = {i for node in graph.nodes for i in node.inputs} | set(graph.outputs)
+        # Inputs whose dims are plain names bind them before product dims are checked.
+        self.inputs = sorted(
+            (v for v in graph.inputs if v.name in used),
+            key=lambda v: any(isinstance(d, str) and "*" in d for d in v.type.shape),
+        )
+        self.params = [p for p in graph.params if p.name in used]
+        self._last_use = self._plan_frees()
+        self._prepared: dict[tuple, list[Step]] = {}
+
+    def _plan_frees(self) -> list[tuple[int, ...]]:
+        keep = {self.slot[n] for n in self.graph.outputs}
+        last: dict[int, int] = {}
+        for i, node in enumerate(self.graph.nodes):
+            for name in node.inputs:
+                last[self.slot[name]] = i
+            for out in node.outputs:
+                last.setdefault(self.slot[out.name], i)
+        frees: list[list[int]] = [[] for _ in self.graph.nodes]
+        for slot, i in last.items():
+            if slot not in keep:
+                frees[i].append(slot)
+        return [tuple(f) for f in frees]
+
+    def _steps(self, binding: dict[str, int]) -> list[Step]:
+        key = tuple(sorted(binding.items()))
+        steps = self._prepared.get(key)
+        if steps is None:
+            steps = []
+            for i, node in enumerate(self.graph.nodes):
+                op = get_op(node.op)
+                steps.append(
+                    Step(
+                        kernel=op.kernel(op.attrs_of(node.attrs), binding),
+                        inputs=tuple(self.slot[n] for n in node.inputs),
+                        outputs=tuple(self.slot[o.name] for o in node.outputs),
+                        free=self._last_use[i],
+                        node=i,
+                    )
+                )
+            self._prepared[key] = steps
+        return steps
+
+    def run(
+        self,
+        feeds: Mapping[str, Any] | None = None,
+        params: Mapping[str, np.ndarray] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Outputs by name, from feeds for the graph's inputs and a parameter store."""
+        feeds = dict(feeds or {})
+        params = params or {}
+        values: list[Any] = [None] * len(self.slot)
+        binding: dict[str, int] = {}
+        bound_by: dict[str, str] = {}
+        for v in self.inputs:
+            if v.name not in feeds:
+                declared = ", ".join(f"{x.name}: {x.type}" for x in self.inputs)
+                raise FeedError(f"missing feed for input '{v.name}' (inputs: {declared})")
+            values[self.slot[v.name]] = _check(
+                feeds.pop(v.name), v.type, "input", v.name, binding, bound_by
+            )
+        for p in self.params:
+            if p.name not in params:
+                raise FeedError(f"the parameter store has no '{p.name}' ({p.type})")
+            values[self.slot[p.name]] = _check(
+                params[p.name], p.type, "param", p.name, binding, bound_by, strict=True
+            )
+        unknown = set(feeds) - {v.name for v in self.graph.inputs}
+        if unknown:
+            raise FeedError(
+                f"feeds {sorted(unknown)} are not inputs of graph '{self.graph.name}'"
+                f" (inputs: {', '.join(v.name for v in self.graph.inputs)})"
+            )
+        for slot, arr in self.consts:
+            values[slot] = arr
+        nodes = self.graph.nodes
+        for step in self._steps(binding):
+            try:
+                result = step.kernel(*[values[i] for i in step.inputs])
+            except Exception as e:
+                raise _execution_error(nodes[step.node], [values[i] for i in step.inputs], e) from e
+            if len(step.outputs) == 1:
+                values[step.outputs[0]] = result
+            else:
+                for slot, r in zip(step.outputs, result):
+                    values[slot] = r
+            for slot in step.free:
+                values[slot] = None
+        return {name: np.asarray(values[self.slot[name]]) for name in self.graph.outputs}
+
+
+def _check(
+    value: Any,
+    t: TensorType,
+    kind: str,
+    name: str,
+    binding: dict[str, int],
+    bound_by: dict[str, str],
+    strict: bool = False,
+) -> np.ndarray:
+    """A feed as an array of type ``t``; binds symbolic dims and checks they agree."""
+    if isinstance(value, np.ndarray) or strict:
+        arr = np.asarray(value) if not isinstance(value, np.ndarray) else value
+        if arr.dtype != t.np_dtype:
+            raise FeedError(f"{kind} '{name}' must be {t.dtype}, got {arr.dtype} (declared {t})")
+    else:
+        try:
+            arr = np.asarray(value, dtype=t.np_dtype)
+        except (TypeError, ValueError) as e:
+            raise FeedError(f"{kind} '{name}' is not convertible to {t.dtype}: {e}") from None
+    if arr.ndim != t.rank:
+        raise FeedError(f"{kind} '{name}' must have rank {t.rank} ({t}), got shape {arr.shape}")
+    for axis, (dim, size) in enumerate(zip(t.shape, arr.shape)):
+        if isinstance(dim, int):
+            if dim != size:
+                raise FeedError(f"{kind} '{name}' must have shape {t}, got {arr.shape}")
+            continue
+        dim_names = dims.names(dim)
+        if len(dim_names) == 1 and dims.factors(dim)[0] == 1 and dim_names[0] not in binding:
+            binding[dim_names[0]] = size
+            bound_by[dim_names[0]] = f"{kind} '{name}' axis {axis}"
+        try:
+            expected = dims.evaluate(dim, binding)
+        except KeyError:
+            raise FeedError(
+                f"{kind} '{name}' axis {axis}: dim {dim!r} is not bound by any feed"
+            ) from None
+        if expected != size:
+            origin = ", ".join(f"{n}={binding[n]} from {bound_by[n]}" for n in dim_names)
+            raise FeedError(
+                f"{kind} '{name}' axis {axis} has size {size},"
+                f" but dim {dim!r} is {expected} ({origin})"
+            )
+    return arr
+
+
+def _stats(arr: Any) -> str:
+    arr = np.asarray(arr)
+    if arr.dtype.kind in "fiu" and arr.size:
+        finite = arr[np.isfinite(arr)] if arr.dtype.kind == "f" else arr
+        nonfinite = arr.size - finite.size
+        rng = f" min {finite.min():.4g} max {finite.max():.4g}" if finite.size else ""
+        return f"{arr.dtype}{list(arr.shape)}{rng}" + (
+            f" non-finite {nonfinite}" if nonfinite else ""
+        )
+    return f"{arr.dtype}{list(arr.shape)}"
+
+
+def _execution_error(node: Node, args: list[Any], e: Exception) -> ExecutionError:
+    where = f"{node.loc}: " if node.loc is not None else ""
+    outs = ", ".join(o.name for o in node.outputs)
+    ins = ", ".join(f"{n}: {_stats(a)}" for n, a in zip(node.inputs, args))
+    return ExecutionError(
+        f"{where}while executing node '{outs} = {node.op}(...)' with inputs ({ins}):"
+        f" {type(e).__name__}: {e}"
+    )

@@ -1,0 +1,143 @@
+"""``compile``: the pass pipeline from a graph to a runnable :class:`Program`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from rgraph.builder import Graph, Value
+from rgraph.errors import FeedError, GraphError
+from rgraph.exec.interpreter import Interpreter
+from rgraph.ir.graph import GraphIR
+from rgraph.ir.passes import autodiff, cse, prune, schedule
+from rgraph.ir.passes.autodiff import cotangent_name, grad_name
+from rgraph.ir.verify import verify
+
+
+@dataclass
+class Result:
+    """What one run returns: outputs and gradients, by name."""
+
+    outputs: dict[str, np.ndarray]
+    grads: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.outputs[name]
+
+
+class Program:
+    """A compiled graph: the final IR, every pass's result, and an interpreter.
+
+    ``stages`` maps each pass name to the IR it produced, in pipeline order, so any stage
+    can be printed; ``ir`` is the last one.
+    """
+
+    def __init__(
+        self,
+        stages: dict[str, GraphIR],
+        outputs: Sequence[str],
+        wrt: Sequence[str] = (),
+        cotangents: Sequence[str] = (),
+    ):
+        self.stages = stages
+        self.ir = list(stages.values())[-1]
+        self.outputs = tuple(outputs)
+        self.wrt = tuple(wrt)
+        self.cotangents = tuple(cotangents)
+        self.interpreter = Interpreter(self.ir)
+
+    def __str__(self) -> str:
+        return str(self.ir)
+
+    def run(
+        self,
+        feeds: Mapping[str, Any] | None = None,
+        params: Mapping[str, np.ndarray] | None = None,
+        cotangents: Mapping[str, Any] | None = None,
+    ) -> Result:
+        """Run forward (and backward, if compiled with gradients).
+
+        ``cotangents`` gives, for each output compiled as a cotangent output, the
+        gradient flowing into it (RecurrentJS's ``h.dw``).
+        """
+        feeds = dict(feeds or {})
+        given = dict(cotangents or {})
+        for name in self.cotangents:
+            if name not in given:
+                raise FeedError(f"missing cotangent for output '{name}'")
+            feeds[cotangent_name(name)] = given.pop(name)
+        if given:
+            raise FeedError(f"{sorted(given)} are not outputs compiled with cotangents")
+        values = self.interpreter.run(feeds, params)
+        return Result(
+            outputs={n: values[n] for n in self.outputs},
+            grads={w: values[grad_name(w)] for w in self.wrt},
+        )
+
+
+def _names(values: Sequence[Value | str] | Value | str | None) -> list[str]:
+    if values is None:
+        return []
+    if isinstance(values, (Value, str)):
+        values = [values]
+    return [v.name if isinstance(v, Value) else v for v in values]
+
+
+def compile(
+    graph: Graph | GraphIR,
+    outputs: Sequence[Value | str] | None = None,
+    *,
+    loss: Value | str | None = None,
+    wrt: Sequence[Value | str] | None = None,
+    cotangents: Sequence[Value | str] | None = None,
+    optimize: bool = True,
+) -> Program:
+    """Compile a graph into a :class:`Program`: verify, schedule, prune, differentiate, CSE.
+
+    Parameters
+    ----------
+    graph
+        A builder :class:`~rgraph.Graph` or IR given as data (which is verified first).
+    outputs
+        Values to return; default the graph's outputs. ``loss`` is always returned.
+    loss
+        A scalar to differentiate (its cotangent seed is 1).
+    wrt
+        What to differentiate with respect to; default every float parameter.
+    cotangents
+        Outputs whose cotangents the caller gives at run time (instead of, or besides, a
+        loss), e.g. RecurrentJS's ``h.dw[0] = 1``.
+    optimize
+        Run common-subexpression elimination.
+
+    Examples
+    --------
+    >>> import numpy as np, rgraph as rg
+    >>> g = rg.Graph(); x = g.input("x", (3,)); W = g.param("W", (3,))
+    >>> loss = g.sum(W * x)
+    >>> prog = rg.compile(g, loss=loss)
+    >>> prog.run({"x": np.arange(3.0)}, {"W": np.ones(3)}).grads["W"]
+    array([0., 1., 2.])
+    """
+    ir = graph.ir if isinstance(graph, Graph) else verify(graph)
+    names = _names(outputs) or list(ir.outputs)
+    loss_name = _names(loss)[0] if loss is not None else None
+    cot = _names(cotangents)
+    if loss_name is not None and loss_name not in names:
+        names.append(loss_name)
+    if not names:
+        raise GraphError(f"graph '{ir.name}' has no outputs: mark some with g.output(...)")
+    stages: dict[str, GraphIR] = {}
+    stages["schedule"] = ir = schedule(ir)
+    stages["prune"] = ir = prune(ir, names)
+    targets: list[str] = []
+    if loss_name is not None or cot:
+        targets = _names(wrt) if wrt is not None else [p.name for p in ir.params if p.type.is_float]
+        stages["autodiff"] = ir = autodiff(ir, targets, loss_name, cot)
+    if optimize:
+        stages["cse"] = ir = cse(ir)
+        stages["prune_after_cse"] = ir = prune(ir)
+    return Program(stages, names, targets, cot)

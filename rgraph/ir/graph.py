@@ -1,0 +1,139 @@
+"""The IR: pydantic models of graphs, nodes and their typed values.
+
+A graph is single-assignment: every value name is defined exactly once, by an input, a
+parameter, a constant or a node output. Every model here serialises to plain data
+(``model_dump(mode="json")``) and back without loss; a node can hold nested graphs in
+``bodies`` (a loop body). Models built from user or file data are validated by pydantic
+and then by :func:`rgraph.ir.verify.verify`; the compiler builds IR with ``model_construct``
+and does not re-validate what it derived itself.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from rgraph.ir.types import TensorType
+
+Name = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.:]*$", min_length=1, max_length=200)
+]
+Scalar = bool | int | float | str | None
+AttrValue = Scalar | list[Scalar]  # flat: attributes never nest
+
+_STRICT = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceLoc(BaseModel):
+    """Where in the user's script a node was defined."""
+
+    model_config = _STRICT
+
+    file: Annotated[str, StringConstraints(max_length=4096)]
+    line: Annotated[int, Field(ge=0)]
+    function: Annotated[str, StringConstraints(max_length=200)] = ""
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+class Var(BaseModel):
+    """A typed value name: a graph input or a node output."""
+
+    model_config = _STRICT
+
+    name: Name
+    type: TensorType
+
+
+class Init(BaseModel):
+    """How a parameter's initial value is drawn (see :mod:`rgraph.init`).
+
+    ``kind`` is one of ``zeros``, ``ones``, ``constant`` (``value``), ``uniform``
+    (``low``, ``high``), ``normal`` (``mean``, ``std``), ``glorot_uniform`` and
+    ``glorot_normal`` (fan-in and fan-out from the last two dims).
+    """
+
+    model_config = _STRICT
+
+    kind: Literal[
+        "zeros", "ones", "constant", "uniform", "normal", "glorot_uniform", "glorot_normal"
+    ]
+    value: float = 0.0
+    low: float = -0.08
+    high: float = 0.08
+    mean: float = 0.0
+    std: float = 1.0
+
+
+class Param(BaseModel):
+    """A trainable tensor: its name, concrete type and initializer."""
+
+    model_config = _STRICT
+
+    name: Name
+    type: TensorType
+    init: Init = Init(kind="zeros")
+
+
+class Const(BaseModel):
+    """A constant tensor stored in the graph, as row-major flat data."""
+
+    model_config = _STRICT
+
+    name: Name
+    type: TensorType
+    data: list[bool | int | float]
+
+
+class Node(BaseModel):
+    """One op application: ``outputs = op(inputs; attrs)``, with nested ``bodies``."""
+
+    model_config = _STRICT
+
+    op: Annotated[str, StringConstraints(min_length=1, max_length=100)]
+    inputs: tuple[Name, ...]
+    outputs: tuple[Var, ...]
+    attrs: dict[Name, AttrValue] = {}
+    bodies: dict[Name, GraphIR] = {}
+    loc: SourceLoc | None = None
+
+
+class GraphIR(BaseModel):
+    """A whole graph: its interface (inputs, params, outputs) and its nodes.
+
+    ``str(graph)`` gives the text form described in ``docs/ir.md``.
+    """
+
+    model_config = _STRICT
+
+    name: Name
+    inputs: tuple[Var, ...] = ()
+    params: tuple[Param, ...] = ()
+    consts: tuple[Const, ...] = ()
+    nodes: tuple[Node, ...] = ()
+    outputs: tuple[Name, ...] = ()
+
+    def __str__(self) -> str:
+        from rgraph.ir.printer import format_graph
+
+        return format_graph(self)
+
+    def types(self) -> dict[str, TensorType]:
+        """The type of every value the graph defines, by name."""
+        out: dict[str, TensorType] = {}
+        for group in (self.inputs, self.params, self.consts):
+            for v in group:
+                out[v.name] = v.type
+        for node in self.nodes:
+            for v in node.outputs:
+                out[v.name] = v.type
+        return out
+
+    def replace(self, **changes: Any) -> GraphIR:
+        """A copy with some fields replaced, without re-validation (for passes)."""
+        return self.model_copy(update=changes)
+
+
+Node.model_rebuild()

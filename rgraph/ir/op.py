@@ -1,0 +1,206 @@
+"""The op registry: each op defines its every facet in one place.
+
+An :class:`Op` holds an attribute schema (a pydantic model), shape and dtype inference,
+a numpy kernel and a VJP rule that *emits IR* through the builder. Adding an op means
+writing one subclass in a family module under :mod:`rgraph.ir.ops` (decorated with
+:func:`register`) and one row in ``tests/op_cases.py``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from rgraph.errors import ArityError, BadAttributeError, DTypeError, ShapeError, UnknownOpError
+from rgraph.ir import dims
+from rgraph.ir.types import FLOAT_DTYPES, TensorType, make_type
+
+if TYPE_CHECKING:
+    from rgraph.builder import Graph, Value
+
+Kernel = Callable[..., Any]
+
+
+class Attrs(BaseModel):
+    """Base of every op's attribute schema: strict, immutable, nothing extra."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NoAttrs(Attrs):
+    pass
+
+
+class Op:
+    """One op. Subclasses set ``name``, ``arity`` and ``Attrs`` and override the facets.
+
+    ``arity`` is ``(min, max)`` inputs; ``max`` is None for variadic ops.
+    """
+
+    name: ClassVar[str]
+    arity: ClassVar[tuple[int, int | None]] = (1, 1)
+    Attrs: ClassVar[type[Attrs]] = NoAttrs
+    # Optional trailing inputs that the builder also takes as keywords (``mask=``).
+    input_names: ClassVar[tuple[str, ...]] = ()
+
+    def infer(self, ins: Sequence[TensorType], a: Any) -> list[TensorType]:
+        """Output types from input types; raise ShapeError or DTypeError."""
+        raise NotImplementedError
+
+    def kernel(self, a: Any, binding: Mapping[str, int]) -> Kernel:
+        """A numpy callable ``f(*arrays)`` for these attrs; ``binding`` sizes symbolic dims.
+
+        It returns one array for a single-output op, else a tuple of arrays.
+        """
+        raise NotImplementedError
+
+    def vjp(
+        self,
+        g: Graph,
+        a: Any,
+        ins: Sequence[Value],
+        outs: Sequence[Value],
+        cts: Sequence[Value | None],
+    ) -> Sequence[Value | None]:
+        """Cotangents of the inputs as IR values built on ``g`` (None: no gradient).
+
+        ``cts`` holds one cotangent per output (None where nothing flows back). The
+        result may have a broadcast shape: the autodiff driver reduces it to the input's.
+        """
+        raise NotImplementedError
+
+    @property
+    def differentiable(self) -> bool:
+        return type(self).vjp is not Op.vjp
+
+    def check_arity(self, n: int) -> None:
+        lo, hi = self.arity
+        if n < lo or (hi is not None and n > hi):
+            want = str(lo) if lo == hi else f"{lo} to {hi}" if hi is not None else f"{lo}+"
+            raise ArityError(f"op '{self.name}' takes {want} inputs, got {n}")
+
+    def parse_attrs(self, attrs: Mapping[str, Any]) -> Any:
+        """Validate plain attrs against the schema (raising BadAttributeError)."""
+        try:
+            return self.Attrs.model_validate(dict(attrs))
+        except ValidationError as e:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'attrs'}: {err['msg']}"
+                for err in e.errors()
+            )
+            known = ", ".join(self.Attrs.model_fields) or "none"
+            raise BadAttributeError(
+                f"bad attributes for op '{self.name}': {problems} (its attributes: {known})"
+            ) from None
+
+    def dump_attrs(self, a: Any) -> dict[str, Any]:
+        """Attrs as plain data, defaults left out, so equal attrs compare equal."""
+        return a.model_dump(mode="json", exclude_defaults=True)
+
+    def attrs_of(self, attrs: Mapping[str, Any]) -> Any:
+        """The parsed attrs of a node, cached: passes and the interpreter ask often."""
+        if not attrs:
+            return _parse_cached(self.name, ())
+        return _parse_cached(self.name, freeze(attrs))
+
+
+def freeze(data: Any) -> Any:
+    """A hashable form of plain data (dicts and lists become sorted tuples)."""
+    if isinstance(data, dict):
+        return tuple(sorted((k, freeze(v)) for k, v in data.items()))
+    if isinstance(data, list):
+        return ("__list__", *(freeze(v) for v in data))
+    return (type(data).__name__, data)
+
+
+def _thaw(data: Any) -> Any:
+    if data and data[0] == "__list__":
+        return [_thaw(v) for v in data[1:]]
+    return data[1]
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_cached(opname: str, frozen: tuple) -> Any:
+    return REGISTRY[opname].parse_attrs({k: _thaw(v) for k, v in frozen})
+
+
+REGISTRY: dict[str, Op] = {}
+
+
+def register(cls: type[Op]) -> type[Op]:
+    """Class decorator adding one instance of an Op subclass to the registry."""
+    if cls.name in REGISTRY:
+        raise ValueError(f"op '{cls.name}' is registered twice")
+    REGISTRY[cls.name] = cls()
+    return cls
+
+
+def get_op(name: str) -> Op:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise UnknownOpError(
+            f"unknown op '{name}'; known ops: {', '.join(sorted(REGISTRY))}"
+        ) from None
+
+
+# --- helpers shared by inference rules -------------------------------------------------
+
+
+def same_dtype(ins: Sequence[TensorType], what: str = "inputs") -> str:
+    first = ins[0].dtype
+    for t in ins[1:]:
+        if t.dtype != first:
+            raise DTypeError(
+                f"{what} have different dtypes: {', '.join(str(t) for t in ins)}"
+                " (rgraph never converts implicitly; use cast)"
+            )
+    return first
+
+
+def require_float(t: TensorType, what: str = "input") -> None:
+    if t.dtype not in FLOAT_DTYPES:
+        raise DTypeError(f"{what} must be float32 or float64, got {t}")
+
+
+def require_int(t: TensorType, what: str) -> None:
+    if t.dtype not in ("int32", "int64"):
+        raise DTypeError(f"{what} must be int32 or int64, got {t}")
+
+
+def broadcast_shapes(*shapes: tuple[dims.Dim, ...]) -> tuple[dims.Dim, ...]:
+    """numpy broadcasting over ints and symbolic dims: dims agree, or one of them is 1."""
+    rank = max(len(s) for s in shapes)
+    out: list[dims.Dim] = []
+    for axis in range(rank):
+        dim: dims.Dim = 1
+        for s in shapes:
+            d = s[axis - rank + len(s)] if axis - rank + len(s) >= 0 else 1
+            if d == 1 or d == dim:
+                continue
+            if dim == 1:
+                dim = d
+            else:
+                raise ShapeError(
+                    f"shapes {' and '.join(_fmt(s) for s in shapes)} do not broadcast:"
+                    f" dim {dim!r} vs {d!r} at axis {axis - rank}"
+                )
+        out.append(dim)
+    return tuple(out)
+
+
+def normalize_axis(axis: int, rank: int, what: str = "axis") -> int:
+    if not -rank <= axis < max(rank, 1):
+        raise ShapeError(f"{what} {axis} is out of range for rank {rank}")
+    return axis % rank if rank else 0
+
+
+def _fmt(shape: tuple[dims.Dim, ...]) -> str:
+    return "[" + ",".join(str(d) for d in shape) + "]"
+
+
+def like(t: TensorType, shape: tuple[dims.Dim, ...] | None = None, dtype: str | None = None):
+    return make_type(dtype or t.dtype, t.shape if shape is None else shape)

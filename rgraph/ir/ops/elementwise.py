@@ -1,0 +1,153 @@
+"""Elementwise ops: binary arithmetic with numpy broadcasting, and unary maps.
+
+Each op is one call to :func:`binary` or :func:`unary`: its kernel and its VJP rule side by
+side. A VJP rule gets ``(x..., out, g)`` as builder values and returns input cotangents;
+broadcast cotangents are reduced to the input shapes by the autodiff driver.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import Field
+
+from rgraph.errors import DTypeError
+from rgraph.ir.op import Attrs, Op, broadcast_shapes, like, register, same_dtype
+from rgraph.ir.types import DType, TensorType, make_type
+
+NUMERIC = ("float32", "float64", "int32", "int64")
+
+
+class Binary(Op):
+    """``out = fn(a, b)`` elementwise, broadcasting; inputs share one dtype."""
+
+    arity = (2, 2)
+    fn: ClassVar[Callable[..., Any]]
+    rule: ClassVar[Callable[..., Sequence[Any]] | None]
+    dtypes: ClassVar[tuple[str, ...]] = NUMERIC
+
+    def infer(self, ins: Sequence[TensorType], a: Any) -> list[TensorType]:
+        dtype = same_dtype(ins)
+        if dtype not in self.dtypes:
+            raise DTypeError(f"'{self.name}' takes {'/'.join(self.dtypes)}, got {ins[0]}")
+        return [make_type(dtype, broadcast_shapes(ins[0].shape, ins[1].shape))]
+
+    def kernel(self, a: Any, binding: Mapping[str, int]) -> Any:
+        return type(self).fn
+
+    @property
+    def differentiable(self) -> bool:
+        return self.rule is not None
+
+    def vjp(self, g, a, ins, outs, cts):
+        return type(self).rule(ins[0], ins[1], outs[0], cts[0])
+
+
+class Unary(Op):
+    """``out = fn(x)`` elementwise."""
+
+    fn: ClassVar[Callable[..., Any]]
+    rule: ClassVar[Callable[..., Any] | None]
+    dtypes: ClassVar[tuple[str, ...]] = ("float32", "float64")
+
+    def infer(self, ins: Sequence[TensorType], a: Any) -> list[TensorType]:
+        if ins[0].dtype not in self.dtypes:
+            raise DTypeError(f"'{self.name}' takes {'/'.join(self.dtypes)}, got {ins[0]}")
+        return [ins[0]]
+
+    def kernel(self, a: Any, binding: Mapping[str, int]) -> Any:
+        return type(self).fn
+
+    @property
+    def differentiable(self) -> bool:
+        return self.rule is not None
+
+    def vjp(self, g, a, ins, outs, cts):
+        return [type(self).rule(ins[0], outs[0], cts[0])]
+
+
+def _define(base: type[Op], name: str, fn: Callable, rule: Callable | None, **extra: Any) -> None:
+    register(type(name, (base,), {"name": name, "fn": staticmethod(fn), "rule": rule, **extra}))
+
+
+def binary(name: str, fn: Callable, rule: Callable | None, **extra: Any) -> None:
+    """Register a broadcasting binary op with kernel ``fn`` and VJP ``rule(a, b, out, g)``."""
+    _define(Binary, name, fn, staticmethod(rule) if rule else None, **extra)
+
+
+def unary(name: str, fn: Callable, rule: Callable | None, **extra: Any) -> None:
+    """Register a unary op with kernel ``fn`` and VJP ``rule(x, out, g)``."""
+    _define(Unary, name, fn, staticmethod(rule) if rule else None, **extra)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    # tanh form: no overflow warning for large |x|, accurate in both tails.
+    return 0.5 + 0.5 * np.tanh(0.5 * x)
+
+
+binary("add", np.add, lambda a, b, out, g: [g, g])
+binary("sub", np.subtract, lambda a, b, out, g: [g, -g])
+binary("eltmul", np.multiply, lambda a, b, out, g: [g * b, g * a])
+binary(
+    "div",
+    np.true_divide,
+    lambda a, b, out, g: [g / b, -(g * out) / b],
+    dtypes=("float32", "float64"),
+)
+
+unary("neg", np.negative, lambda x, out, g: -g, dtypes=NUMERIC)
+unary("identity", lambda x: x, lambda x, out, g: g, dtypes=(*NUMERIC, "bool"))
+unary("exp", np.exp, lambda x, out, g: g * out)
+unary("log", np.log, lambda x, out, g: g / x)
+unary("tanh", np.tanh, lambda x, out, g: g * (1.0 - out * out))
+unary("sigmoid", _sigmoid, lambda x, out, g: g * (out * (1.0 - out)))
+unary("relu", lambda x: np.maximum(x, 0), lambda x, out, g: g * out.sign())
+# The derivative of sign is zero almost everywhere: nothing flows back.
+unary("sign", np.sign, lambda x, out, g: None, dtypes=NUMERIC)
+
+
+class CastAttrs(Attrs):
+    dtype: DType
+
+
+@register
+class Cast(Op):
+    """Convert to another dtype (rgraph never converts implicitly)."""
+
+    name = "cast"
+    Attrs = CastAttrs
+
+    def infer(self, ins, a):
+        return [like(ins[0], dtype=a.dtype)]
+
+    def kernel(self, a, binding):
+        dtype = np.dtype(a.dtype)
+        return lambda x: x.astype(dtype)
+
+    def vjp(self, g, a, ins, outs, cts):
+        if not (ins[0].type.is_float and outs[0].type.is_float):
+            return [None]
+        return [cts[0].cast(dtype=ins[0].dtype)]
+
+
+class FullLikeAttrs(Attrs):
+    value: float = Field(allow_inf_nan=True)
+
+
+@register
+class FullLike(Op):
+    """A tensor of ``x``'s type filled with ``value`` (seeds and zero gradients)."""
+
+    name = "full_like"
+    Attrs = FullLikeAttrs
+
+    def infer(self, ins, a):
+        return [ins[0]]
+
+    def kernel(self, a, binding):
+        return lambda x: np.full_like(x, a.value)
+
+    def vjp(self, g, a, ins, outs, cts):
+        return [None]

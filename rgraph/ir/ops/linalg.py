@@ -1,0 +1,64 @@
+"""Matrix products."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rgraph.errors import ShapeError
+from rgraph.ir.op import Attrs, Op, broadcast_shapes, register, require_float, same_dtype
+from rgraph.ir.types import make_type
+
+
+class MatmulAttrs(Attrs):
+    transpose_a: bool = False
+    transpose_b: bool = False
+
+
+@register
+class Matmul(Op):
+    """``op(a) @ op(b)`` where ``op`` optionally swaps the last two axes.
+
+    Both inputs have rank >= 2; leading (batch) axes broadcast. RecurrentJS's ``mul``.
+    """
+
+    name = "matmul"
+    arity = (2, 2)
+    Attrs = MatmulAttrs
+
+    def infer(self, ins, a):
+        x, y = ins
+        dtype = same_dtype(ins)
+        require_float(x, "matmul input")
+        if x.rank < 2 or y.rank < 2:
+            raise ShapeError(f"matmul needs inputs of rank >= 2, got {x} and {y}")
+        m, k1 = x.shape[-2:][:: -1 if a.transpose_a else 1]
+        k2, n = y.shape[-2:][:: -1 if a.transpose_b else 1]
+        if k1 != k2:
+            raise ShapeError(
+                f"inner dims differ: {k1!r} vs {k2!r} (lhs {x}, rhs {y},"
+                f" transpose_a={a.transpose_a}, transpose_b={a.transpose_b})"
+            )
+        batch = broadcast_shapes(x.shape[:-2], y.shape[:-2])
+        return [make_type(dtype, (*batch, m, n))]
+
+    def kernel(self, a, binding):
+        ta, tb = a.transpose_a, a.transpose_b
+        if not ta and not tb:
+            return np.matmul
+        return lambda x, y: np.matmul(
+            np.swapaxes(x, -1, -2) if ta else x, np.swapaxes(y, -1, -2) if tb else y
+        )
+
+    def vjp(self, g, a, ins, outs, cts):
+        x, y = ins
+        ct = cts[0]
+        ta, tb = a.transpose_a, a.transpose_b
+        if ta:
+            dx = g.matmul(y, ct, transpose_a=tb, transpose_b=True)
+        else:
+            dx = g.matmul(ct, y, transpose_b=not tb)
+        if tb:
+            dy = g.matmul(ct, x, transpose_a=True, transpose_b=ta)
+        else:
+            dy = g.matmul(x, ct, transpose_a=not ta)
+        return [dx, dy]

@@ -1,0 +1,142 @@
+"""Reductions over axes, and the broadcasts that are their VJPs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from rgraph.errors import ShapeError
+from rgraph.ir.op import Attrs, Op, broadcast_shapes, like, normalize_axis, register, require_float
+from rgraph.ir.types import make_type
+
+
+class ReduceAttrs(Attrs):
+    axes: tuple[int, ...] | None = None  # None: all axes
+    keepdims: bool = False
+
+
+def _axes(a: ReduceAttrs, rank: int) -> tuple[int, ...]:
+    if a.axes is None:
+        return tuple(range(rank))
+    axes = tuple(sorted({normalize_axis(ax, rank) for ax in a.axes}))
+    if len(axes) != len(a.axes):
+        raise ShapeError(f"axes {list(a.axes)} name an axis twice")
+    return axes
+
+
+def _reduced_shape(shape, axes, keepdims):
+    if keepdims:
+        return tuple(1 if i in axes else d for i, d in enumerate(shape))
+    return tuple(d for i, d in enumerate(shape) if i not in axes)
+
+
+class Reduce(Op):
+    Attrs = ReduceAttrs
+
+    def infer(self, ins, a):
+        x = ins[0]
+        require_float(x, f"{self.name} input")
+        return [like(x, _reduced_shape(x.shape, _axes(a, x.rank), a.keepdims))]
+
+    def _spread(self, g, a, x, ct):
+        """``ct`` broadcast back over the reduced axes of ``x``."""
+        if not a.keepdims:
+            ct = g.expand_dims(ct, axes=list(_axes(a, x.ndim)))
+        return g.broadcast_like(ct, x)
+
+
+@register
+class Sum(Reduce):
+    """Sum over ``axes`` (all when omitted)."""
+
+    name = "sum"
+
+    def kernel(self, a, binding):
+        return lambda x: np.sum(x, axis=a.axes, keepdims=a.keepdims)
+
+    def vjp(self, g, a, ins, outs, cts):
+        return [self._spread(g, a, ins[0], cts[0])]
+
+
+@register
+class Mean(Reduce):
+    """Mean over ``axes`` (all when omitted)."""
+
+    name = "mean"
+
+    def kernel(self, a, binding):
+        return lambda x: np.mean(x, axis=a.axes, keepdims=a.keepdims)
+
+    def vjp(self, g, a, ins, outs, cts):
+        x = ins[0]
+        return [self._spread(g, a, x, cts[0]) / g.numel(x, axes=a.axes)]
+
+
+@register
+class Numel(Op):
+    """The number of elements over ``axes`` of ``x``, as a scalar of ``x``'s dtype."""
+
+    name = "numel"
+    Attrs = ReduceAttrs
+
+    def infer(self, ins, a):
+        _axes(a, ins[0].rank)
+        return [like(ins[0], ())]
+
+    def kernel(self, a, binding):
+        def numel(x):
+            axes = range(x.ndim) if a.axes is None else a.axes
+            return np.asarray(math.prod(x.shape[ax] for ax in axes), dtype=x.dtype)
+
+        return numel
+
+    def vjp(self, g, a, ins, outs, cts):
+        return [None]
+
+
+class ExpandDimsAttrs(Attrs):
+    axes: tuple[int, ...]
+
+
+@register
+class ExpandDims(Op):
+    """Insert axes of size 1 at ``axes`` (positions in the output)."""
+
+    name = "expand_dims"
+    Attrs = ExpandDimsAttrs
+
+    def infer(self, ins, a):
+        x = ins[0]
+        rank = x.rank + len(a.axes)
+        axes = {normalize_axis(ax, rank) for ax in a.axes}
+        if len(axes) != len(a.axes):
+            raise ShapeError(f"axes {list(a.axes)} name an axis twice")
+        dims = iter(x.shape)
+        return [like(x, tuple(1 if i in axes else next(dims) for i in range(rank)))]
+
+    def kernel(self, a, binding):
+        return lambda x: np.expand_dims(x, a.axes)
+
+    def vjp(self, g, a, ins, outs, cts):
+        return [g.reshape(cts[0], shape=list(ins[0].shape))]
+
+
+@register
+class BroadcastLike(Op):
+    """``x`` broadcast (numpy rules) to the shape of ``ref``."""
+
+    name = "broadcast_like"
+    arity = (2, 2)
+
+    def infer(self, ins, a):
+        x, ref = ins
+        if broadcast_shapes(x.shape, ref.shape) != ref.shape:
+            raise ShapeError(f"{x} does not broadcast to the shape of {ref}")
+        return [make_type(x.dtype, ref.shape)]
+
+    def kernel(self, a, binding):
+        return lambda x, ref: np.array(np.broadcast_to(x, ref.shape))
+
+    def vjp(self, g, a, ins, outs, cts):
+        return [cts[0], None]

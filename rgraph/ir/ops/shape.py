@@ -1,0 +1,246 @@
+"""Ops that move data without arithmetic: reshape, transpose, concat, split, slice."""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import Field
+
+from rgraph.errors import ShapeError
+from rgraph.ir import dims
+from rgraph.ir.op import Attrs, Op, like, normalize_axis, register, same_dtype
+from rgraph.ir.types import Dim
+
+
+def _resolve(shape, binding) -> tuple[int, ...]:
+    return tuple(d if isinstance(d, int) else dims.evaluate(d, binding) for d in shape)
+
+
+class ReshapeAttrs(Attrs):
+    shape: tuple[int | Dim, ...]
+
+
+@register
+class Reshape(Op):
+    """Same elements, new shape; dims may be symbolic (``["T*B", 20]``), one may be -1."""
+
+    name = "reshape"
+    Attrs = ReshapeAttrs
+
+    def infer(self, ins, a):
+        x = ins[0]
+        target = list(a.shape)
+        holes = [i for i, d in enumerate(target) if d == -1]
+        if len(holes) > 1 or any(isinstance(d, int) and d < -1 for d in target):
+            raise ShapeError(f"reshape target {target} may hold at most one -1 and no other <0")
+        total = dims.product(x.shape)
+        known = dims.product(d for d in target if d != -1)
+        if holes:
+            rest = dims.divide(total, known)
+            if rest is None:
+                raise ShapeError(
+                    f"cannot reshape {x} to {target}: {total} is not a multiple of {known}"
+                )
+            target[holes[0]] = rest
+        elif known != total:
+            raise ShapeError(
+                f"cannot reshape {x} ({total} elements) to {target} ({known} elements)"
+            )
+        return [like(x, tuple(target))]
+
+    def kernel(self, a, binding):
+        shape = _resolve(a.shape, binding)
+        return lambda x: np.reshape(x, shape)
+
+    def vjp(self, g, a, ins, outs, cts):
+        return [g.reshape(cts[0], shape=list(ins[0].shape))]
+
+
+class TransposeAttrs(Attrs):
+    perm: tuple[int, ...] | None = None  # None: reverse the axes
+
+
+def _perm(a, rank):
+    perm = tuple(range(rank))[::-1] if a.perm is None else a.perm
+    if sorted(perm) != list(range(rank)):
+        raise ShapeError(f"perm {list(perm)} is not a permutation of the {rank} axes")
+    return perm
+
+
+@register
+class Transpose(Op):
+    """Permute axes (``perm``; reversed when omitted)."""
+
+    name = "transpose"
+    Attrs = TransposeAttrs
+
+    def infer(self, ins, a):
+        x = ins[0]
+        return [like(x, tuple(x.shape[p] for p in _perm(a, x.rank)))]
+
+    def kernel(self, a, binding):
+        return lambda x: np.transpose(x, a.perm)
+
+    def vjp(self, g, a, ins, outs, cts):
+        perm = _perm(a, ins[0].ndim)
+        return [g.transpose(cts[0], perm=list(np.argsort(perm).tolist()))]
+
+
+class AxisAttrs(Attrs):
+    axis: int = 0
+
+
+def _total(parts: list[Dim]) -> Dim:
+    """The sum of sizes along one axis; symbolic sizes must all be the same dim."""
+    if all(isinstance(p, int) for p in parts):
+        return sum(parts)
+    if len(set(parts)) == 1:
+        return dims.product([len(parts), parts[0]])
+    raise ShapeError(f"cannot add sizes {parts} along one axis (symbolic sizes must be equal)")
+
+
+@register
+class Concat(Op):
+    """Join inputs along ``axis``; all other dims must agree."""
+
+    name = "concat"
+    arity = (1, None)
+    Attrs = AxisAttrs
+
+    def infer(self, ins, a):
+        dtype = same_dtype(ins)
+        rank = ins[0].rank
+        axis = normalize_axis(a.axis, rank)
+        for t in ins[1:]:
+            others = [d for i, d in enumerate(t.shape) if i != axis]
+            if t.rank != rank or others != [d for i, d in enumerate(ins[0].shape) if i != axis]:
+                raise ShapeError(
+                    f"concat along axis {a.axis}: {ins[0]} and {t} differ off that axis"
+                )
+        shape = list(ins[0].shape)
+        shape[axis] = _total([t.shape[axis] for t in ins])
+        return [like(ins[0], tuple(shape), dtype)]
+
+    def kernel(self, a, binding):
+        return lambda *xs: np.concatenate(xs, axis=a.axis)
+
+    def vjp(self, g, a, ins, outs, cts):
+        if len(ins) == 1:
+            return [cts[0]]
+        axis = normalize_axis(a.axis, ins[0].ndim)
+        return list(g.split(cts[0], axis=a.axis, sizes=[x.shape[axis] for x in ins]))
+
+
+class SplitAttrs(Attrs):
+    axis: int = 0
+    sizes: tuple[Dim, ...] = Field(min_length=1)
+
+
+@register
+class Split(Op):
+    """Cut ``x`` along ``axis`` into pieces of ``sizes`` (one output per size)."""
+
+    name = "split"
+    Attrs = SplitAttrs
+
+    def infer(self, ins, a):
+        x = ins[0]
+        axis = normalize_axis(a.axis, x.rank)
+        if _total(list(a.sizes)) != x.shape[axis]:
+            raise ShapeError(
+                f"split sizes {list(a.sizes)} do not add up to dim {x.shape[axis]!r} of {x}"
+            )
+        outs = []
+        for size in a.sizes:
+            shape = list(x.shape)
+            shape[axis] = size
+            outs.append(like(x, tuple(shape)))
+        return outs
+
+    def kernel(self, a, binding):
+        cuts = np.cumsum(_resolve(a.sizes, binding))[:-1].tolist()
+        return lambda x: tuple(np.split(x, cuts, axis=a.axis))
+
+    def vjp(self, g, a, ins, outs, cts):
+        parts = [ct if ct is not None else g.full_like(o, value=0.0) for ct, o in zip(cts, outs)]
+        return [g.concat(parts, axis=a.axis)]
+
+
+class SliceAttrs(Attrs):
+    axis: int = 0
+    start: int | None = None
+    stop: int | None = None
+    step: int = Field(default=1, ge=1)
+
+
+def _index(a, rank):
+    index = [slice(None)] * rank
+    index[a.axis] = slice(a.start, a.stop, a.step)
+    return tuple(index)
+
+
+def _sliced(t, a):
+    axis = normalize_axis(a.axis, t.rank)
+    dim = t.shape[axis]
+    if isinstance(dim, int):
+        size = len(range(*slice(a.start, a.stop, a.step).indices(dim)))
+    elif (a.start or 0) >= 0 and a.stop is not None and a.stop >= 0:
+        size = -(-max(a.stop - (a.start or 0), 0) // a.step)
+    else:
+        raise ShapeError(
+            f"cannot slice symbolic dim {dim!r} with start={a.start}, stop={a.stop}:"
+            " give non-negative start and stop"
+        )
+    shape = list(t.shape)
+    shape[axis] = size
+    return like(t, tuple(shape))
+
+
+@register
+class Slice(Op):
+    """``x[start:stop:step]`` along ``axis`` (step >= 1)."""
+
+    name = "slice"
+    Attrs = SliceAttrs
+
+    def infer(self, ins, a):
+        return [_sliced(ins[0], a)]
+
+    def kernel(self, a, binding):
+        def take(x):
+            if a.stop is not None and a.stop > x.shape[a.axis]:
+                raise IndexError(
+                    f"slice stop {a.stop} is past dim {x.shape[a.axis]} of axis {a.axis}"
+                )
+            return x[_index(a, x.ndim)]
+
+        return take
+
+    def vjp(self, g, a, ins, outs, cts):
+        return [g.slice_grad(cts[0], ins[0], **a.model_dump())]
+
+
+@register
+class SliceGrad(Op):
+    """Zeros shaped like ``ref`` with ``g`` written at ``[start:stop:step]`` along ``axis``."""
+
+    name = "slice_grad"
+    arity = (2, 2)
+    Attrs = SliceAttrs
+
+    def infer(self, ins, a):
+        upd, ref = ins
+        same_dtype(ins)
+        if _sliced(ref, a) != upd:
+            raise ShapeError(f"{upd} is not the shape of slice {a} of {ref}")
+        return [ref]
+
+    def kernel(self, a, binding):
+        def scatter(upd, ref):
+            out = np.zeros_like(ref)
+            out[_index(a, ref.ndim)] = upd
+            return out
+
+        return scatter
+
+    def vjp(self, g, a, ins, outs, cts):
+        return [g.slice(cts[0], **a.model_dump()), None]

@@ -1,0 +1,8 @@
+"""Compiler passes: pure functions from IR to IR, each printable afterwards."""
+
+from rgraph.ir.passes.autodiff import autodiff
+from rgraph.ir.passes.cse import cse
+from rgraph.ir.passes.prune import prune
+from rgraph.ir.passes.schedule import schedule
+
+__all__ = ["autodiff", "cse", "prune", "schedule"]

@@ -1,0 +1,48 @@
+"""Common-subexpression elimination by structural equality."""
+
+from __future__ import annotations
+
+from rgraph.ir.graph import GraphIR
+from rgraph.ir.op import freeze
+
+
+def cse(graph: GraphIR) -> GraphIR:
+    """Merge nodes with the same op, inputs and attrs, and constants with the same data.
+
+    Expects a scheduled graph. Nodes with nested bodies, and nodes that define a graph
+    output (their names are the program's interface), are kept.
+
+    Before: ``a = tanh(x); b = tanh(x); c = add(a, b)``
+    After:  ``a = tanh(x); c = add(a, a)``
+    """
+    outputs = set(graph.outputs)
+    rename: dict[str, str] = {}
+    seen_consts: dict[tuple, str] = {}
+    consts = []
+    for c in graph.consts:
+        key = (c.type.dtype, c.type.shape, tuple(c.data))
+        if key in seen_consts and c.name not in outputs:
+            rename[c.name] = seen_consts[key]
+        else:
+            seen_consts.setdefault(key, c.name)
+            consts.append(c)
+    seen: dict[tuple, tuple[str, ...]] = {}
+    nodes = []
+    for node in graph.nodes:
+        inputs = tuple(rename.get(i, i) for i in node.inputs)
+        if inputs != node.inputs:
+            node = node.model_copy(update={"inputs": inputs})
+        if node.bodies:
+            nodes.append(node)
+            continue
+        key = (node.op, inputs, freeze(node.attrs))
+        names = tuple(o.name for o in node.outputs)
+        first = seen.get(key)
+        if first is not None and not outputs.intersection(names):
+            rename.update(zip(names, first))
+            continue
+        seen.setdefault(key, names)
+        nodes.append(node)
+    if not rename:
+        return graph
+    return graph.replace(nodes=tuple(nodes), consts=tuple(consts))

@@ -1,0 +1,57 @@
+"""Topological scheduling: a deterministic order of nodes, computed without recursion."""
+
+from __future__ import annotations
+
+import heapq
+
+from rgraph.errors import CycleError
+from rgraph.ir.graph import GraphIR, Node
+
+
+def _describe(node: Node) -> str:
+    outs = ", ".join(o.name for o in node.outputs)
+    where = f" at {node.loc}" if node.loc is not None else ""
+    return f"{outs} = {node.op}({', '.join(node.inputs)}){where}"
+
+
+def schedule(graph: GraphIR) -> GraphIR:
+    """Order nodes so that every value is defined before it is used.
+
+    Among ready nodes the one listed first goes first, so a graph already in order comes
+    back unchanged (the same object). Kahn's algorithm with a heap: O(N log N), iterative,
+    fine for a 100,000-node chain. Raises CycleError naming nodes on a cycle.
+
+    Before: ``b = tanh(a); a = neg(x)``  After: ``a = neg(x); b = tanh(a)``
+    """
+    nodes = graph.nodes
+    producer: dict[str, int] = {}
+    for i, node in enumerate(nodes):
+        for out in node.outputs:
+            producer[out.name] = i
+    in_order = True
+    waiting = [0] * len(nodes)
+    users: list[list[int]] = [[] for _ in nodes]
+    for i, node in enumerate(nodes):
+        for name in set(node.inputs):
+            p = producer.get(name)
+            if p is not None:
+                waiting[i] += 1
+                users[p].append(i)
+                in_order = in_order and p < i
+    if in_order:
+        return graph
+    ready = [i for i, w in enumerate(waiting) if w == 0]
+    heapq.heapify(ready)
+    order: list[int] = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for u in users[i]:
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                heapq.heappush(ready, u)
+    if len(order) < len(nodes):
+        stuck = [_describe(nodes[i]) for i, w in enumerate(waiting) if w > 0]
+        shown = "; ".join(stuck[:5]) + ("; ..." if len(stuck) > 5 else "")
+        raise CycleError(f"graph '{graph.name}' has a cycle among {len(stuck)} nodes: {shown}")
+    return graph.replace(nodes=tuple(nodes[i] for i in order))

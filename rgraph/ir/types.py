@@ -1,0 +1,80 @@
+"""Tensor types: a dtype from a small allowlist and a shape of ints and symbolic dims."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import numpy as np
+from pydantic import AfterValidator, BaseModel, ConfigDict
+
+from rgraph.ir import dims
+
+DType = Literal["float32", "float64", "int32", "int64", "bool"]
+DTYPES: tuple[str, ...] = ("float32", "float64", "int32", "int64", "bool")
+FLOAT_DTYPES: tuple[str, ...] = ("float32", "float64")
+INT_DTYPES: tuple[str, ...] = ("int32", "int64")
+SHORT = {"float32": "f32", "float64": "f64", "int32": "i32", "int64": "i64", "bool": "bool"}
+
+
+def _check_dim(value: int | str) -> int | str:
+    if not dims.is_dim(value):
+        raise ValueError(
+            f"dim {value!r} is neither a non-negative int nor a symbolic name like 'T' or 'B*T'"
+        )
+    return dims.canonical(value)
+
+
+Dim = Annotated[int | str, AfterValidator(_check_dim)]
+
+
+class TensorType(BaseModel):
+    """The static type of a value: dtype plus shape; dims may be symbolic names.
+
+    >>> str(TensorType(dtype="float64", shape=("B", 20)))
+    'f64[B,20]'
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    dtype: DType
+    shape: tuple[Dim, ...] = ()
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    @property
+    def is_float(self) -> bool:
+        return self.dtype in FLOAT_DTYPES
+
+    @property
+    def is_concrete(self) -> bool:
+        return all(isinstance(d, int) for d in self.shape)
+
+    @property
+    def np_dtype(self) -> np.dtype:
+        return np.dtype(self.dtype)
+
+    def with_shape(self, shape: tuple[int | str, ...]) -> TensorType:
+        return make_type(self.dtype, shape)
+
+    def with_dtype(self, dtype: str) -> TensorType:
+        return make_type(dtype, self.shape)
+
+    def __str__(self) -> str:
+        return f"{SHORT[self.dtype]}[{','.join(str(d) for d in self.shape)}]"
+
+
+def make_type(dtype: str, shape: tuple[int | str, ...]) -> TensorType:
+    """A TensorType from values the compiler derived itself (no re-validation)."""
+    return TensorType.model_construct(dtype=dtype, shape=tuple(shape))
+
+
+def dtype_name(dtype: object) -> str:
+    """Normalise a numpy dtype, a Python type or a string to an allowlisted dtype name."""
+    name = {float: "float64", int: "int64", bool: "bool"}.get(dtype)  # type: ignore[call-overload]
+    if name is None:
+        name = np.dtype(dtype).name  # type: ignore[call-overload]
+    if name not in DTYPES:
+        raise ValueError(f"dtype {name!r} is not one of {', '.join(DTYPES)}")
+    return name
