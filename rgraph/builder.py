@@ -168,8 +168,12 @@ class Graph:
     ``g.ir`` is the validated-by-construction :class:`~rgraph.ir.graph.GraphIR`.
     """
 
-    def __init__(self, name: str = "graph"):
+    def __init__(self, name: str = "graph", *, parent: Graph | None = None):
         self.name = name
+        # A loop body's builder: values of enclosing graphs used here become inputs.
+        self.parent = parent
+        self._captures: dict[tuple[int, str], Value] = {}
+        self.captured: list[Value] = []
         self._inputs: list[Var] = []
         self._params: list[Param] = []
         self._consts: list[Const] = []
@@ -252,6 +256,8 @@ class Graph:
         ``init`` is an :class:`~rgraph.ir.graph.Init` or its ``kind`` with keyword
         arguments, e.g. ``init="uniform", low=-0.08, high=0.08`` (RecurrentJS's weights).
         """
+        if self.parent is not None:
+            raise GraphError(f"{_where()}declare parameter '{name}' on the outermost graph")
         t = TensorType(dtype=dtype_name(dtype), shape=shape)
         if not t.is_concrete:
             raise GraphError(f"{_where()}parameter '{name}' needs a concrete shape, got {t}")
@@ -272,7 +278,7 @@ class Graph:
 
     def output(self, value: Value, name: str | None = None) -> Value:
         """Mark ``value`` as a graph output, optionally under a new ``name``."""
-        self._own(value)
+        value = self._own(value)
         if name is not None and name != value.name:
             value = self.op("identity", value, _name=name)
         if value.name not in self._outputs:
@@ -307,6 +313,9 @@ class Graph:
                 if extra is not None:
                     inputs.append(extra)
         ref = next((v for v in inputs if isinstance(v, Value)), None)
+        inner = self._innermost(v.graph for v in inputs if isinstance(v, Value))
+        if inner is not self:
+            return inner.op(opname, *inputs, _name=_name, **kwargs)
         values = [self._lift(v, ref) for v in inputs]
         try:
             op.check_arity(len(values))
@@ -324,7 +333,7 @@ class Graph:
                 inputs=tuple(v.name for v in values),
                 outputs=outs,
                 attrs=op.dump_attrs(a),
-                bodies={},
+                bodies={name: getattr(a, name) for name in op.body_names},
                 loc=loc,
             )
         )
@@ -334,20 +343,116 @@ class Graph:
             results.append(Value(self, var.name, var.type))
         return results[0] if len(results) == 1 else tuple(results)
 
-    def _own(self, v: Value) -> None:
-        if v.graph is not self:
+    def _ancestors(self) -> Iterator[Graph]:
+        g = self.parent
+        while g is not None:
+            yield g
+            g = g.parent
+
+    def _own(self, v: Value) -> Value:
+        """``v`` as a value of this graph: an enclosing graph's value is captured."""
+        if v.graph is self:
+            return v
+        if not any(v.graph is a for a in self._ancestors()):
             raise GraphError(
                 f"{_where()}value '{v.name}' belongs to graph '{v.graph.name}', not '{self.name}'"
+                " or a graph enclosing it"
             )
+        key = (id(v.graph), v.name)
+        if key not in self._captures:
+            outer = v if v.graph is self.parent else self.parent._own(v)  # type: ignore[union-attr]
+            name = v.name if v.name not in self._types else self.fresh_name(f"{v.name}_")
+            self._captures[key] = self.input(name, v.shape, v.dtype)
+            self.captured.append(outer)
+        return self._captures[key]
 
     def _lift(self, v: Any, ref: Value | None) -> Value:
         if isinstance(v, Value):
-            self._own(v)
-            return v
+            return self._own(v)
         if isinstance(v, (int, float, np.number, np.ndarray, list)) and not isinstance(v, bool):
             dtype = ref.dtype if ref is not None else None
             return self.const(v, dtype=dtype)
         raise GraphError(f"{_where()}expected a Value or a number, got {type(v).__name__}")
+
+    def _innermost(self, graphs: Iterator[Graph]) -> Graph:
+        """The most deeply nested graph among ``graphs`` if it is nested in this one.
+
+        ``W @ x_t`` with ``W`` outside a loop body and ``x_t`` inside is recorded in the body.
+        """
+        best = self
+        for g in graphs:
+            if any(a is best for a in g._ancestors()):
+                best = g
+        return best
+
+    def replace_node(self, old: Node, new: Node) -> None:
+        """Put ``new`` where ``old`` is (it keeps old's outputs and may add more)."""
+        index = next(i for i, n in enumerate(self._nodes) if n is old)
+        self._nodes[index] = new
+        for var in new.outputs:
+            self._types[var.name] = var.type
+
+    def scan(
+        self,
+        fn: Any,
+        init: Value | Sequence[Value] = (),
+        xs: Value | Sequence[Value] = (),
+        *,
+        length: dims.Dim | None = None,
+        reverse: bool = False,
+    ) -> tuple[list[Value], list[Value]]:
+        """A loop over the leading (time) axis of ``xs``, recorded as one ``scan`` node.
+
+        ``fn(body, carry, x)`` is called once, at build time, with the body's builder and
+        lists of symbolic per-step values; it returns ``(new_carry, ys)`` (lists, or single
+        Values). Values of this graph that ``fn`` uses (weights) become body inputs. The
+        result is ``(final_carry, stacked_ys)``, each ``y`` with a leading time axis.
+
+        >>> import rgraph as rg
+        >>> g = rg.Graph(); xs = g.input("xs", ("T", 3)); W = g.param("W", (3, 3))
+        >>> def step(b, carry, x):
+        ...     h = b.tanh(carry[0] @ W + x[0])
+        ...     return [h], [h]
+        >>> (h_last,), (hs,) = g.scan(step, init=[g.input("h0", (3,))], xs=[xs])
+        >>> hs.type
+        TensorType(dtype='float64', shape=('T', 3))
+        """
+        init = [self._own(v) for v in _as_list(init)]
+        xs = [self._own(v) for v in _as_list(xs)]
+        for v in xs:
+            if v.ndim < 1:
+                raise GraphError(
+                    f"{_where()}scan xs '{v.name}' needs a leading time axis: {v.type}"
+                )
+        body = Graph(self.fresh_name(f"{self.name}_scan"), parent=self)
+        carry = [body.input(f"carry{i}", v.shape, v.dtype) for i, v in enumerate(init)]
+        x_t = [body.input(f"x{i}", v.shape[1:], v.dtype) for i, v in enumerate(xs)]
+        result = fn(body, carry, x_t)
+        if not (isinstance(result, tuple) and len(result) == 2):
+            raise GraphError(f"{_where()}a scan step function returns (new_carry, ys)")
+        new_carry = [body._lift(v, None) for v in _as_list(result[0])]
+        ys = [body._lift(v, None) for v in _as_list(result[1])]
+        if len(new_carry) != len(init):
+            raise GraphError(
+                f"{_where()}scan step returned {len(new_carry)} carries for {len(init)} initial"
+            )
+        for value in new_carry + ys:
+            if value.name in body._outputs:  # each body output is a distinct value
+                value = body.op("identity", value)
+            body._outputs.append(value.name)
+        out = self.op(
+            "scan",
+            *init,
+            *xs,
+            *body.captured,
+            body=body.ir,
+            num_carry=len(init),
+            num_xs=len(xs),
+            length=length,
+            reverse=reverse,
+        )
+        out = list(out) if isinstance(out, tuple) else [out]
+        return out[: len(init)], out[len(init) :]
 
     def __getattr__(self, name: str) -> Any:
         """Registry ops as methods: ``g.tanh(x)``, ``g.eltmul(a, b)``, ``g.mul(W, x)``."""
@@ -368,3 +473,7 @@ def _fmt_loc(loc: SourceLoc | None) -> str:
 
 def _where() -> str:
     return _fmt_loc(caller_location())
+
+
+def _as_list(values: Any) -> list[Any]:
+    return list(values) if isinstance(values, (list, tuple)) else [values]

@@ -20,6 +20,7 @@ from rgraph.ir.types import FLOAT_DTYPES, TensorType, make_type
 
 if TYPE_CHECKING:
     from rgraph.builder import Graph, Value
+    from rgraph.ir.graph import Node
 
 Kernel = Callable[..., Any]
 
@@ -45,6 +46,8 @@ class Op:
     Attrs: ClassVar[type[Attrs]] = NoAttrs
     # Optional trailing inputs that the builder also takes as keywords (``mask=``).
     input_names: ClassVar[tuple[str, ...]] = ()
+    # Attrs fields holding nested graphs; the IR keeps them in ``Node.bodies``.
+    body_names: ClassVar[tuple[str, ...]] = ()
 
     def infer(self, ins: Sequence[TensorType], a: Any) -> list[TensorType]:
         """Output types from input types; raise ShapeError or DTypeError."""
@@ -72,9 +75,22 @@ class Op:
         """
         raise NotImplementedError
 
+    def vjp_node(
+        self, g: Graph, node: Node, cts: Sequence[Value | None], needs: Sequence[bool]
+    ) -> Sequence[Value | None]:
+        """The autodiff driver's entry point: input cotangents of one forward ``node``.
+
+        ``needs[i]`` says whether input ``i`` wants a gradient. The default calls
+        :meth:`vjp`; an op whose backward needs values from inside its forward (a loop
+        saving per-step residuals) overrides this and may replace ``node`` in ``g``.
+        """
+        ins = [g.value(name) for name in node.inputs]
+        outs = [g.value(o.name) for o in node.outputs]
+        return self.vjp(g, self.node_attrs(node), ins, outs, cts)
+
     @property
     def differentiable(self) -> bool:
-        return type(self).vjp is not Op.vjp
+        return type(self).vjp is not Op.vjp or type(self).vjp_node is not Op.vjp_node
 
     def check_arity(self, n: int) -> None:
         lo, hi = self.arity
@@ -97,8 +113,14 @@ class Op:
             ) from None
 
     def dump_attrs(self, a: Any) -> dict[str, Any]:
-        """Attrs as plain data, defaults left out, so equal attrs compare equal."""
-        return a.model_dump(mode="json", exclude_defaults=True)
+        """Attrs as plain data, defaults and bodies left out, so equal attrs compare equal."""
+        return a.model_dump(mode="json", exclude_defaults=True, exclude=set(self.body_names))
+
+    def node_attrs(self, node: Node) -> Any:
+        """The parsed attrs of ``node``, with its bodies for ops that have them."""
+        if self.body_names:
+            return self.parse_attrs({**node.attrs, **node.bodies})
+        return self.attrs_of(node.attrs)
 
     def attrs_of(self, attrs: Mapping[str, Any]) -> Any:
         """The parsed attrs of a node, cached: passes and the interpreter ask often."""

@@ -81,7 +81,7 @@ def problems(graph: GraphIR) -> list[GraphError]:
 def _check_node(node: Node, types: dict[str, TensorType]) -> None:
     op = get_op(node.op)
     op.check_arity(len(node.inputs))
-    a = op.attrs_of(node.attrs)
+    a = op.node_attrs(node)
     derived = op.infer([types[i] for i in node.inputs], a)
     declared = [o.type for o in node.outputs]
     if len(derived) != len(declared):

@@ -106,9 +106,7 @@ def _backprop(
         cts = [
             _accumulate(b, pending.pop(o.name)) if o.name in pending else None for o in node.outputs
         ]
-        ins = [b.value(name) for name in node.inputs]
-        outs = [b.value(o.name) for o in node.outputs]
-        grads = op.vjp(b, op.attrs_of(node.attrs), ins, outs, cts)
+        grads = op.vjp_node(b, node, cts, [name in active for name in node.inputs])
         for name, grad in zip(node.inputs, grads):
             if grad is not None and name in active:
                 pending.setdefault(name, []).append(_unbroadcast(b, grad, types[name]))

@@ -1,0 +1,251 @@
+"""Loops: ``scan``, whose body is a nested graph, and its generated backward (BPTT).
+
+A scan node's inputs are ``carry_init..., xs..., consts...``; its body takes
+``carry..., x_t..., consts...`` and returns ``carry'..., y_t...``; the node returns the
+final carries and the ``y`` stacked along a new leading time axis. The time dimension
+may be symbolic, so the graph stays the same size whatever the sequence length.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+
+from rgraph.errors import ArityError, ExecutionError, NotDifferentiableError, ShapeError
+from rgraph.ir import dims
+from rgraph.ir.graph import GraphIR, Node, Var
+from rgraph.ir.op import Attrs, Op, register
+from rgraph.ir.types import Dim, TensorType
+
+
+class ScanAttrs(Attrs):
+    num_carry: int = Field(ge=0)
+    num_xs: int = Field(ge=0)
+    length: Dim | None = None  # the number of steps when there are no xs
+    reverse: bool = False
+    body: GraphIR
+
+
+def _steps_dim(ins: list[TensorType], a: ScanAttrs) -> Dim:
+    xs = ins[a.num_carry : a.num_carry + a.num_xs]
+    if not xs:
+        if a.length is None:
+            raise ShapeError("a scan with no xs needs a length")
+        return a.length
+    for i, t in enumerate(xs):
+        if t.rank < 1:
+            raise ShapeError(f"scan xs {i} must have a leading time axis, got {t}")
+        if t.shape[0] != xs[0].shape[0]:
+            raise ShapeError(f"scan xs have different lengths: {xs[0]} and {t}")
+    if a.length is not None and a.length != xs[0].shape[0]:
+        raise ShapeError(f"scan length {a.length!r} disagrees with xs {xs[0]}")
+    return xs[0].shape[0]
+
+
+@register
+class Scan(Op):
+    """Run ``body`` once per step along the leading axis of ``xs``, threading carries.
+
+    Attributes: ``num_carry``, ``num_xs``, ``length`` (steps when there are no xs),
+    ``reverse`` (iterate from the last step; ``y`` stay in time order) and ``body``.
+    """
+
+    name = "scan"
+    arity = (1, None)
+    Attrs = ScanAttrs
+    body_names = ("body",)
+
+    def infer(self, ins, a):
+        body, nc, nx = a.body, a.num_carry, a.num_xs
+        if len(body.inputs) != len(ins):
+            raise ArityError(
+                f"scan body takes {len(body.inputs)} inputs, the node gives {len(ins)}"
+            )
+        if nc + nx > len(ins) or len(body.outputs) < nc:
+            raise ArityError(
+                f"scan with {nc} carries and {nx} xs has {len(ins)} inputs and a body of"
+                f" {len(body.outputs)} outputs"
+            )
+        if body.params:
+            raise ShapeError("a scan body has no params: pass them in as inputs")
+        types = body.types()
+        steps = _steps_dim(ins, a)
+        for i, (outer, inner) in enumerate(zip(ins, body.inputs)):
+            want = outer.with_shape(outer.shape[1:]) if nc <= i < nc + nx else outer
+            if inner.type != want:
+                raise ShapeError(
+                    f"scan input {i} is {outer}, so body input '{inner.name}'"
+                    f" must be {want}, not {inner.type}"
+                )
+        for i, name in enumerate(body.outputs[:nc]):
+            if types[name] != ins[i]:
+                raise ShapeError(
+                    f"scan carry {i} enters as {ins[i]}"
+                    f" but the body returns {types[name]} ('{name}')"
+                )
+        ys = [types[name] for name in body.outputs[nc:]]
+        return [*ins[:nc], *(t.with_shape((steps, *t.shape)) for t in ys)]
+
+    def kernel(self, a, binding):
+        from rgraph.exec.interpreter import Interpreter
+
+        run_body = Interpreter(a.body).positional(binding)
+        nc, nx = a.num_carry, a.num_xs
+        types = a.body.types()
+        y_types = [types[name] for name in a.body.outputs[nc:]]
+
+        def scan(*args):
+            carry = list(args[:nc])
+            xs, consts = args[nc : nc + nx], args[nc + nx :]
+            steps = xs[0].shape[0] if xs else dims.evaluate(a.length, binding)
+            ys = [
+                np.empty((steps, *(dims.evaluate(d, binding) for d in t.shape)), t.dtype)
+                for t in y_types
+            ]
+            for t in range(steps - 1, -1, -1) if a.reverse else range(steps):
+                try:
+                    outs = run_body(*carry, *(x[t] for x in xs), *consts)
+                except ExecutionError as e:
+                    raise ExecutionError(f"at scan step {t}: {e}") from e
+                carry = outs[:nc]
+                for buf, y in zip(ys, outs[nc:]):
+                    buf[t] = y
+            return (*carry, *ys) if len(carry) + len(ys) != 1 else (carry + ys)[0]
+
+        return scan
+
+    def vjp_node(self, g, node, cts, needs):
+        return _backprop_through_time(self, g, node, cts, needs)
+
+
+def _backprop_through_time(op: Scan, g: Any, node: Node, cts: list, needs: list[bool]) -> list:
+    """The backward of a scan, as a reverse scan whose body is generated from the body's VJPs.
+
+    The body is differentiated as a whole (carries always, xs and consts where wanted).
+    Its nodes split in two: *primal* ones, which need no cotangent, stay in the forward
+    scan, which now also stacks the values the backward reads (residuals); *tangent* ones
+    form the reverse scan's body, which carries the carries' cotangents and sums the
+    consts' (weights') gradients over steps.
+    """
+    from rgraph.builder import Graph
+    from rgraph.ir.passes.autodiff import autodiff, cotangent_name, grad_name
+    from rgraph.ir.passes.prune import prune
+
+    a = op.node_attrs(node)
+    body, nc, nx = a.body, a.num_carry, a.num_xs
+    btypes = body.types()
+    b_in = [v.name for v in body.inputs]
+    carries, x_names, k_names = b_in[:nc], b_in[nc : nc + nx], b_in[nc + nx :]
+    if any(not btypes[c].is_float for c in carries):
+        raise NotDifferentiableError(
+            f"scan at {node.loc}: only float carries can be differentiated"
+        )
+    if len(set(body.outputs)) != len(body.outputs):
+        raise NotDifferentiableError(f"scan at {node.loc}: body outputs must be distinct values")
+    wanted = [n for n, need in zip(b_in[nc:], needs[nc:]) if need and btypes[n].is_float]
+    ct_outs = [o for o in body.outputs if btypes[o].is_float]
+    j = autodiff(body, carries + wanted, cotangents=ct_outs)
+    jtypes = j.types()
+
+    tangent = {cotangent_name(o) for o in ct_outs}
+    tangent_nodes, primal_nodes = [], []
+    for n in j.nodes:
+        if tangent.intersection(n.inputs):
+            tangent_nodes.append(n)
+            tangent.update(o.name for o in n.outputs)
+        else:
+            primal_nodes.append(n)
+    grads = [grad_name(n) for n in carries + wanted]
+    read = dict.fromkeys([i for n in tangent_nodes for i in n.inputs] + grads)
+    const_names = {c.name for c in j.consts}
+    k_read = [k for k in k_names if k in read]
+    x_read = [x for x in x_names if x in read]
+    residuals = [
+        r
+        for r in read
+        if r not in tangent and r not in const_names and r not in k_names and r not in x_names
+    ]
+    new_res = [r for r in residuals if r not in body.outputs[nc:]]
+
+    primal = prune(
+        j.replace(inputs=body.inputs, nodes=tuple(primal_nodes), outputs=(*body.outputs, *new_res))
+    )
+    steps = _steps_dim([g.value(i).type for i in node.inputs], a)
+    res_vars = tuple(
+        Var.model_construct(
+            name=g.fresh_name(), type=jtypes[r].with_shape((steps, *jtypes[r].shape))
+        )
+        for r in new_res
+    )
+    forward = node.model_copy(
+        update={"outputs": node.outputs + res_vars, "bodies": {"body": primal}}
+    )
+    g.replace_node(node, forward)
+
+    stack = {body.outputs[nc + i]: node.outputs[nc + i].name for i in range(len(body.outputs) - nc)}
+    stack.update((r, v.name) for r, v in zip(new_res, res_vars))
+    ys_ct = [o for o in body.outputs[nc:] if btypes[o].is_float]
+    k_acc = [k for k in k_names if k in wanted]
+
+    def var(name: str, t: TensorType | None = None) -> Var:
+        return Var.model_construct(name=name, type=t or jtypes[name])
+
+    acc_in = [var(g.fresh_name(f"{k}.acc"), jtypes[k]) for k in k_acc]
+    tb = Graph.from_ir(
+        GraphIR.model_construct(
+            name=f"{body.name}_vjp",
+            inputs=(
+                *(var(cotangent_name(o)) for o in body.outputs[:nc]),
+                *acc_in,
+                *(var(cotangent_name(o)) for o in ys_ct),
+                *(var(r) for r in residuals),
+                *(var(x) for x in x_read),
+                *(var(k) for k in k_read),
+            ),
+            params=(),
+            consts=j.consts,
+            nodes=tuple(tangent_nodes),
+            outputs=(),
+        )
+    )
+    acc_out = [
+        tb.add(tb.value(acc.name), tb.value(grad_name(k))).name for acc, k in zip(acc_in, k_acc)
+    ]
+    x_grads = [grad_name(x) for x in x_names if x in wanted]
+    for name in [*(grad_name(c) for c in carries), *acc_out, *x_grads]:
+        tb.output(tb.value(name))
+    vjp_body = prune(tb.ir)
+
+    outs = [g.value(o.name) for o in node.outputs]
+    inputs = [g.value(i) for i in node.inputs]
+    init = [cts[i] if cts[i] is not None else g.full_like(outs[i], value=0.0) for i in range(nc)]
+    init += [g.full_like(inputs[nc + nx + k_names.index(k)], value=0.0) for k in k_acc]
+    ys_in = []
+    for i, o in enumerate(body.outputs[nc:]):
+        if btypes[o].is_float:
+            ct = cts[nc + i]
+            ys_in.append(ct if ct is not None else g.full_like(outs[nc + i], value=0.0))
+    xs_in = [*ys_in, *(g.value(stack[r]) for r in residuals)]
+    xs_in += [inputs[nc + x_names.index(x)] for x in x_read]
+    consts_in = [inputs[nc + nx + k_names.index(k)] for k in k_read]
+    back = g.op(
+        "scan",
+        *init,
+        *xs_in,
+        *consts_in,
+        body=vjp_body,
+        num_carry=len(init),
+        num_xs=len(xs_in),
+        length=steps,
+        reverse=not a.reverse,
+    )
+    back = back if isinstance(back, tuple) else (back,)
+    d_carry, d_k, d_x = back[:nc], back[nc : len(init)], back[len(init) :]
+    result: list[Any] = list(d_carry)
+    x_iter = iter(d_x)
+    result += [next(x_iter) if x in wanted else None for x in x_names]
+    k_grads = dict(zip(k_acc, d_k))
+    result += [k_grads.get(k) for k in k_names]
+    return result
