@@ -63,6 +63,14 @@ class ExecutionError(RgraphError):
     """A kernel failed while a Program ran; the message names the node and source line."""
 
 
+class NonFiniteError(ExecutionError):
+    """In debug mode (``check_finite``), a node produced a NaN or an infinity.
+
+    The message names the first node that *produced* it (its inputs were finite), its
+    op, statistics of its inputs, the user's source line and, inside a scan, the step.
+    """
+
+
 class GradientCheckError(RgraphError):
     """The generated backward disagrees with finite differences."""
 

@@ -7,16 +7,17 @@ prepared steps depend on the sizes of symbolic dims, so they are cached per bind
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from rgraph.errors import ExecutionError, FeedError
+from rgraph.errors import ExecutionError, FeedError, NonFiniteError
 from rgraph.ir import dims
 from rgraph.ir.graph import GraphIR, Node
-from rgraph.ir.op import get_op
+from rgraph.ir.op import KernelContext, get_op
 from rgraph.ir.types import TensorType
 
 
@@ -38,8 +39,10 @@ class Interpreter:
     array([0., 0.])
     """
 
-    def __init__(self, graph: GraphIR):
+    def __init__(self, graph: GraphIR, *, check_finite: bool = False):
         self.graph = graph
+        # Debug mode: stop at the first node that produces a NaN or an infinity.
+        self.check_finite = check_finite
         self.slot: dict[str, int] = {}
         for name in graph.types():
             self.slot[name] = len(self.slot)
@@ -75,12 +78,13 @@ class Interpreter:
         key = tuple(sorted(binding.items()))
         steps = self._prepared.get(key)
         if steps is None:
+            ctx = KernelContext(dims=dict(binding), check_finite=self.check_finite)
             steps = []
             for i, node in enumerate(self.graph.nodes):
                 op = get_op(node.op)
                 steps.append(
                     Step(
-                        kernel=op.kernel(op.node_attrs(node), binding),
+                        kernel=op.kernel(op.node_attrs(node), ctx),
                         inputs=tuple(self.slot[n] for n in node.inputs),
                         outputs=tuple(self.slot[o.name] for o in node.outputs),
                         free=self._last_use[i],
@@ -108,6 +112,11 @@ class Interpreter:
             values[self.slot[v.name]] = _check(
                 feeds.pop(v.name), v.type, "input", v.name, binding, bound_by
             )
+        if self.check_finite:
+            for v in self.inputs:
+                arr = values[self.slot[v.name]]
+                if v.type.is_float and not np.all(np.isfinite(arr)):
+                    raise NonFiniteError(f"input '{v.name}' holds {_nonfinite(arr)}")
         for p in self.params:
             if p.name not in params:
                 raise FeedError(f"the parameter store has no '{p.name}' ({p.type})")
@@ -143,13 +152,31 @@ class Interpreter:
 
         return run
 
+    def _check_finite(self, node: Node, step: Step, values: list[Any]) -> None:
+        for var, slot in zip(node.outputs, step.outputs):
+            out = values[slot]
+            if var.type.is_float and not np.all(np.isfinite(out)):
+                args = [values[i] for i in step.inputs]
+                ins = ", ".join(f"{n}: {_stats(a)}" for n, a in zip(node.inputs, args))
+                raise NonFiniteError(
+                    f"{_describe(node)} produced {_nonfinite(out)} in '{var.name}'"
+                    f" from inputs ({ins})"
+                )
+
     def _execute(self, values: list[Any], steps: list[Step]) -> None:
         for slot, arr in self.consts:
             values[slot] = arr
         nodes = self.graph.nodes
+        # In debug mode non-finite values are reported as errors, not numpy warnings.
+        with np.errstate(all="ignore") if self.check_finite else contextlib.nullcontext():
+            self._run_steps(values, steps, nodes)
+
+    def _run_steps(self, values: list[Any], steps: list[Step], nodes: tuple[Node, ...]) -> None:
         for step in steps:
             try:
                 result = step.kernel(*[values[i] for i in step.inputs])
+            except ExecutionError as e:  # from a nested body: say which node holds it
+                raise type(e)(f"in {_describe(nodes[step.node])}: {e}") from e
             except Exception as e:
                 raise _execution_error(nodes[step.node], [values[i] for i in step.inputs], e) from e
             if len(step.outputs) == 1:
@@ -157,6 +184,8 @@ class Interpreter:
             else:
                 for slot, r in zip(step.outputs, result):
                     values[slot] = r
+            if self.check_finite:
+                self._check_finite(nodes[step.node], step, values)
             for slot in step.free:
                 values[slot] = None
 
@@ -218,11 +247,19 @@ def _stats(arr: Any) -> str:
     return f"{arr.dtype}{list(arr.shape)}"
 
 
-def _execution_error(node: Node, args: list[Any], e: Exception) -> ExecutionError:
-    where = f"{node.loc}: " if node.loc is not None else ""
+def _describe(node: Node) -> str:
+    where = f" at {node.loc}" if node.loc is not None else ""
     outs = ", ".join(o.name for o in node.outputs)
+    return f"node '{outs} = {node.op}({', '.join(node.inputs)})'{where}"
+
+
+def _nonfinite(arr: np.ndarray) -> str:
+    nan, inf = int(np.isnan(arr).sum()), int(np.isinf(arr).sum())
+    return " and ".join(p for p in (f"{nan} NaN" if nan else "", f"{inf} inf" if inf else "") if p)
+
+
+def _execution_error(node: Node, args: list[Any], e: Exception) -> ExecutionError:
     ins = ", ".join(f"{n}: {_stats(a)}" for n, a in zip(node.inputs, args))
     return ExecutionError(
-        f"{where}while executing node '{outs} = {node.op}(...)' with inputs ({ins}):"
-        f" {type(e).__name__}: {e}"
+        f"while executing {_describe(node)} with inputs ({ins}): {type(e).__name__}: {e}"
     )

@@ -41,13 +41,14 @@ class Program:
         outputs: Sequence[str],
         wrt: Sequence[str] = (),
         cotangents: Sequence[str] = (),
+        check_finite: bool = False,
     ):
         self.stages = stages
         self.ir = list(stages.values())[-1]
         self.outputs = tuple(outputs)
         self.wrt = tuple(wrt)
         self.cotangents = tuple(cotangents)
-        self.interpreter = Interpreter(self.ir)
+        self.interpreter = Interpreter(self.ir, check_finite=check_finite)
 
     def __str__(self) -> str:
         return str(self.ir)
@@ -94,6 +95,7 @@ def compile(
     wrt: Sequence[Value | str] | None = None,
     cotangents: Sequence[Value | str] | None = None,
     optimize: bool = True,
+    check_finite: bool = False,
 ) -> Program:
     """Compile a graph into a :class:`Program`: verify, schedule, prune, differentiate, CSE.
 
@@ -112,6 +114,9 @@ def compile(
         loss), e.g. RecurrentJS's ``h.dw[0] = 1``.
     optimize
         Run common-subexpression elimination.
+    check_finite
+        Debug mode: stop with :class:`~rgraph.errors.NonFiniteError` at the first node,
+        forward or backward, that produces a NaN or an infinity (slower).
 
     Examples
     --------
@@ -140,4 +145,4 @@ def compile(
     if optimize:
         stages["cse"] = ir = cse(ir)
         stages["prune_after_cse"] = ir = prune(ir)
-    return Program(stages, names, targets, cot)
+    return Program(stages, names, targets, cot, check_finite)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -23,6 +24,14 @@ if TYPE_CHECKING:
     from rgraph.ir.graph import Node
 
 Kernel = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class KernelContext:
+    """What a kernel is prepared for: sizes of symbolic dims, and the debug mode."""
+
+    dims: Mapping[str, int]
+    check_finite: bool = False
 
 
 class Attrs(BaseModel):
@@ -53,8 +62,8 @@ class Op:
         """Output types from input types; raise ShapeError or DTypeError."""
         raise NotImplementedError
 
-    def kernel(self, a: Any, binding: Mapping[str, int]) -> Kernel:
-        """A numpy callable ``f(*arrays)`` for these attrs; ``binding`` sizes symbolic dims.
+    def kernel(self, a: Any, ctx: KernelContext) -> Kernel:
+        """A numpy callable ``f(*arrays)`` for these attrs; ``ctx.dims`` sizes symbolic dims.
 
         It returns one array for a single-output op, else a tuple of arrays.
         """

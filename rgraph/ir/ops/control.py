@@ -88,10 +88,10 @@ class Scan(Op):
         ys = [types[name] for name in body.outputs[nc:]]
         return [*ins[:nc], *(t.with_shape((steps, *t.shape)) for t in ys)]
 
-    def kernel(self, a, binding):
+    def kernel(self, a, ctx):
         from rgraph.exec.interpreter import Interpreter
 
-        run_body = Interpreter(a.body).positional(binding)
+        run_body = Interpreter(a.body, check_finite=ctx.check_finite).positional(ctx.dims)
         nc, nx = a.num_carry, a.num_xs
         types = a.body.types()
         y_types = [types[name] for name in a.body.outputs[nc:]]
@@ -99,16 +99,16 @@ class Scan(Op):
         def scan(*args):
             carry = list(args[:nc])
             xs, consts = args[nc : nc + nx], args[nc + nx :]
-            steps = xs[0].shape[0] if xs else dims.evaluate(a.length, binding)
+            steps = xs[0].shape[0] if xs else dims.evaluate(a.length, ctx.dims)
             ys = [
-                np.empty((steps, *(dims.evaluate(d, binding) for d in t.shape)), t.dtype)
+                np.empty((steps, *(dims.evaluate(d, ctx.dims) for d in t.shape)), t.dtype)
                 for t in y_types
             ]
             for t in range(steps - 1, -1, -1) if a.reverse else range(steps):
                 try:
                     outs = run_body(*carry, *(x[t] for x in xs), *consts)
                 except ExecutionError as e:
-                    raise ExecutionError(f"at scan step {t}: {e}") from e
+                    raise type(e)(f"at scan step {t}: {e}") from e
                 carry = outs[:nc]
                 for buf, y in zip(ys, outs[nc:]):
                     buf[t] = y

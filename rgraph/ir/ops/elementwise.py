@@ -7,14 +7,14 @@ broadcast cotangents are reduced to the input shapes by the autodiff driver.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import Field
 
 from rgraph.errors import DTypeError
-from rgraph.ir.op import Attrs, Op, broadcast_shapes, like, register, same_dtype
+from rgraph.ir.op import Attrs, KernelContext, Op, broadcast_shapes, like, register, same_dtype
 from rgraph.ir.types import DType, TensorType, make_type
 
 NUMERIC = ("float32", "float64", "int32", "int64")
@@ -34,7 +34,7 @@ class Binary(Op):
             raise DTypeError(f"'{self.name}' takes {'/'.join(self.dtypes)}, got {ins[0]}")
         return [make_type(dtype, broadcast_shapes(ins[0].shape, ins[1].shape))]
 
-    def kernel(self, a: Any, binding: Mapping[str, int]) -> Any:
+    def kernel(self, a: Any, ctx: KernelContext) -> Any:
         return type(self).fn
 
     @property
@@ -57,7 +57,7 @@ class Unary(Op):
             raise DTypeError(f"'{self.name}' takes {'/'.join(self.dtypes)}, got {ins[0]}")
         return [ins[0]]
 
-    def kernel(self, a: Any, binding: Mapping[str, int]) -> Any:
+    def kernel(self, a: Any, ctx: KernelContext) -> Any:
         return type(self).fn
 
     @property
@@ -122,7 +122,7 @@ class Cast(Op):
     def infer(self, ins, a):
         return [like(ins[0], dtype=a.dtype)]
 
-    def kernel(self, a, binding):
+    def kernel(self, a, ctx):
         dtype = np.dtype(a.dtype)
         return lambda x: x.astype(dtype)
 
@@ -146,7 +146,7 @@ class FullLike(Op):
     def infer(self, ins, a):
         return [ins[0]]
 
-    def kernel(self, a, binding):
+    def kernel(self, a, ctx):
         return lambda x: np.full_like(x, a.value)
 
     def vjp(self, g, a, ins, outs, cts):

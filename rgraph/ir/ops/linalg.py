@@ -41,7 +41,7 @@ class Matmul(Op):
         batch = broadcast_shapes(x.shape[:-2], y.shape[:-2])
         return [make_type(dtype, (*batch, m, n))]
 
-    def kernel(self, a, binding):
+    def kernel(self, a, ctx):
         ta, tb = a.transpose_a, a.transpose_b
         if not ta and not tb:
             return np.matmul

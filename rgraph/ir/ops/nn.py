@@ -38,7 +38,7 @@ class RowPluck(Op):
             raise ShapeError(f"row_pluck table must be a matrix (V, D), got {table}")
         return [make_type(table.dtype, (*idx.shape, table.shape[1]))]
 
-    def kernel(self, a, binding):
+    def kernel(self, a, ctx):
         def pluck(table, idx):
             if idx.size and (idx.min() < 0 or idx.max() >= table.shape[0]):
                 bad = idx[(idx < 0) | (idx >= table.shape[0])].flat[0]
@@ -68,7 +68,7 @@ class RowPluckGrad(Op):
             raise ShapeError(f"updates {upd} do not match indices {idx} and table {table}")
         return [table]
 
-    def kernel(self, a, binding):
+    def kernel(self, a, ctx):
         def scatter(upd, idx, table):
             out = np.zeros_like(table)
             np.add.at(out, idx.ravel(), upd.reshape(-1, table.shape[1]))
@@ -109,7 +109,7 @@ class Softmax(SoftmaxFamily):
 
     name = "softmax"
 
-    def kernel(self, a, binding):
+    def kernel(self, a, ctx):
         return lambda x: _softmax(x, a.axis)
 
     def vjp(self, g, a, ins, outs, cts):
@@ -123,7 +123,7 @@ class LogSoftmax(SoftmaxFamily):
 
     name = "log_softmax"
 
-    def kernel(self, a, binding):
+    def kernel(self, a, ctx):
         return lambda x: _log_softmax(x, a.axis)
 
     def vjp(self, g, a, ins, outs, cts):
@@ -185,7 +185,7 @@ class SoftmaxCrossEntropy(Op):
         _check_ce(ins[0], ins[1], ins[2] if len(ins) > 2 else None)
         return [like(ins[0], () if a.reduction != "none" else ins[1].shape)]
 
-    def kernel(self, a, binding):
+    def kernel(self, a, ctx):
         def loss(logits, targets, mask=None):
             nll, _ = _ce_positions(logits, targets)
             w = _weights(targets, mask, a.reduction, logits.dtype)
@@ -215,7 +215,7 @@ class SoftmaxCrossEntropyGrad(Op):
             raise ShapeError(f"cotangent {ct} must be {like(logits, want)}")
         return [logits]
 
-    def kernel(self, a, binding):
+    def kernel(self, a, ctx):
         def grad(logits, targets, ct, mask=None):
             _, logp = _ce_positions(logits, targets)
             p = np.exp(logp)

@@ -52,7 +52,7 @@ class Sum(Reduce):
 
     name = "sum"
 
-    def kernel(self, a, binding):
+    def kernel(self, a, ctx):
         return lambda x: np.sum(x, axis=a.axes, keepdims=a.keepdims)
 
     def vjp(self, g, a, ins, outs, cts):
@@ -65,7 +65,7 @@ class Mean(Reduce):
 
     name = "mean"
 
-    def kernel(self, a, binding):
+    def kernel(self, a, ctx):
         return lambda x: np.mean(x, axis=a.axes, keepdims=a.keepdims)
 
     def vjp(self, g, a, ins, outs, cts):
@@ -84,7 +84,7 @@ class Numel(Op):
         _axes(a, ins[0].rank)
         return [like(ins[0], ())]
 
-    def kernel(self, a, binding):
+    def kernel(self, a, ctx):
         def numel(x):
             axes = range(x.ndim) if a.axes is None else a.axes
             return np.asarray(math.prod(x.shape[ax] for ax in axes), dtype=x.dtype)
@@ -115,7 +115,7 @@ class ExpandDims(Op):
         dims = iter(x.shape)
         return [like(x, tuple(1 if i in axes else next(dims) for i in range(rank)))]
 
-    def kernel(self, a, binding):
+    def kernel(self, a, ctx):
         return lambda x: np.expand_dims(x, a.axes)
 
     def vjp(self, g, a, ins, outs, cts):
@@ -135,7 +135,7 @@ class BroadcastLike(Op):
             raise ShapeError(f"{x} does not broadcast to the shape of {ref}")
         return [make_type(x.dtype, ref.shape)]
 
-    def kernel(self, a, binding):
+    def kernel(self, a, ctx):
         return lambda x, ref: np.array(np.broadcast_to(x, ref.shape))
 
     def vjp(self, g, a, ins, outs, cts):

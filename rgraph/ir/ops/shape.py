@@ -47,8 +47,8 @@ class Reshape(Op):
             )
         return [like(x, tuple(target))]
 
-    def kernel(self, a, binding):
-        shape = _resolve(a.shape, binding)
+    def kernel(self, a, ctx):
+        shape = _resolve(a.shape, ctx.dims)
         return lambda x: np.reshape(x, shape)
 
     def vjp(self, g, a, ins, outs, cts):
@@ -77,7 +77,7 @@ class Transpose(Op):
         x = ins[0]
         return [like(x, tuple(x.shape[p] for p in _perm(a, x.rank)))]
 
-    def kernel(self, a, binding):
+    def kernel(self, a, ctx):
         return lambda x: np.transpose(x, a.perm)
 
     def vjp(self, g, a, ins, outs, cts):
@@ -120,7 +120,7 @@ class Concat(Op):
         shape[axis] = _total([t.shape[axis] for t in ins])
         return [like(ins[0], tuple(shape), dtype)]
 
-    def kernel(self, a, binding):
+    def kernel(self, a, ctx):
         return lambda *xs: np.concatenate(xs, axis=a.axis)
 
     def vjp(self, g, a, ins, outs, cts):
@@ -156,8 +156,8 @@ class Split(Op):
             outs.append(like(x, tuple(shape)))
         return outs
 
-    def kernel(self, a, binding):
-        cuts = np.cumsum(_resolve(a.sizes, binding))[:-1].tolist()
+    def kernel(self, a, ctx):
+        cuts = np.cumsum(_resolve(a.sizes, ctx.dims))[:-1].tolist()
         return lambda x: tuple(np.split(x, cuts, axis=a.axis))
 
     def vjp(self, g, a, ins, outs, cts):
@@ -205,7 +205,7 @@ class Slice(Op):
     def infer(self, ins, a):
         return [_sliced(ins[0], a)]
 
-    def kernel(self, a, binding):
+    def kernel(self, a, ctx):
         def take(x):
             if a.stop is not None and a.stop > x.shape[a.axis]:
                 raise IndexError(
@@ -234,7 +234,7 @@ class SliceGrad(Op):
             raise ShapeError(f"{upd} is not the shape of slice {a} of {ref}")
         return [ref]
 
-    def kernel(self, a, binding):
+    def kernel(self, a, ctx):
         def scatter(upd, ref):
             out = np.zeros_like(ref)
             out[_index(a, ref.ndim)] = upd
