@@ -11,7 +11,7 @@
 [[1.0, 1.0], [0.0, 0.0], [0.0, 0.0]]
 """
 
-from rgraph import errors
+from rgraph import errors, nn
 from rgraph.builder import Graph, Value
 from rgraph.exec import Interpreter, Program, Result, compile
 from rgraph.gradcheck import GradcheckReport, gradcheck
@@ -35,4 +35,5 @@ __all__ = [
     "errors",
     "gradcheck",
     "init_params",
+    "nn",
 ]

@@ -71,6 +71,17 @@ class NonFiniteError(ExecutionError):
     """
 
 
+class OptimizerError(RgraphError):
+    """An optimiser got bad hyperparameters, or gradients that do not fit the parameters."""
+
+
+class OptimizerStateError(OptimizerError):
+    """Optimiser state (from ``state_dict`` or a file) is malformed or does not fit.
+
+    The message names the optimiser kind, the slot and the parameter at fault.
+    """
+
+
 class GradientCheckError(RgraphError):
     """The generated backward disagrees with finite differences."""
 

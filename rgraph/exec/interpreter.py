@@ -82,9 +82,16 @@ class Interpreter:
             steps = []
             for i, node in enumerate(self.graph.nodes):
                 op = get_op(node.op)
+                try:
+                    kernel = op.kernel(op.node_attrs(node), ctx)
+                except KeyError as e:
+                    raise ExecutionError(
+                        f"{_describe(node)} needs dim {e} which no input binds"
+                        f" (bound: {dict(binding) or 'none'})"
+                    ) from None
                 steps.append(
                     Step(
-                        kernel=op.kernel(op.node_attrs(node), ctx),
+                        kernel=kernel,
                         inputs=tuple(self.slot[n] for n in node.inputs),
                         outputs=tuple(self.slot[o.name] for o in node.outputs),
                         free=self._last_use[i],
@@ -123,7 +130,10 @@ class Interpreter:
             values[self.slot[p.name]] = _check(
                 params[p.name], p.type, "param", p.name, binding, bound_by, strict=True
             )
-        unknown = set(feeds) - {v.name for v in self.graph.inputs}
+        for v in self.graph.inputs:  # fed though unused: still binds its dims
+            if v.name in feeds:
+                _check(feeds.pop(v.name), v.type, "input", v.name, binding, bound_by)
+        unknown = set(feeds)
         if unknown:
             raise FeedError(
                 f"feeds {sorted(unknown)} are not inputs of graph '{self.graph.name}'"

@@ -35,7 +35,7 @@ def format_graph(graph: GraphIR, indent: str = "") -> str:
         for key, body in node.bodies.items():
             lines.append(f"{inner}  {key}:")
             lines.append(format_graph(body, inner + "    "))
-    lines.append(f"{inner}return {', '.join(graph.outputs)}")
+    lines.append(f"{inner}return {', '.join(graph.outputs)}".rstrip())
     lines.append(f"{indent}}}")
     return "\n".join(lines)
 
@@ -50,7 +50,7 @@ def format_node(node: Node) -> str:
 
 
 def format_init(init: Init) -> str:
-    args = ", ".join(f"{k}={getattr(init, k)!r}" for k in _INIT_ARGS.get(init.kind, ()))
+    args = ", ".join(f"{k}={_json(getattr(init, k))}" for k in _INIT_ARGS.get(init.kind, ()))
     return f"{init.kind}({args})" if args else init.kind
 
 

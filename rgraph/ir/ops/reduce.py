@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from pydantic import Field
 
 from rgraph.errors import ShapeError
+from rgraph.ir import dims
 from rgraph.ir.op import Attrs, Op, broadcast_shapes, like, normalize_axis, register, require_float
-from rgraph.ir.types import make_type
+from rgraph.ir.types import Dim, DType, make_type
 
 
 class ReduceAttrs(Attrs):
@@ -140,3 +142,29 @@ class BroadcastLike(Op):
 
     def vjp(self, g, a, ins, outs, cts):
         return [cts[0], None]
+
+
+class FullAttrs(Attrs):
+    shape: tuple[Dim, ...]
+    value: float = Field(default=0.0, allow_inf_nan=True)
+    dtype: DType = "float64"
+
+
+@register
+class Full(Op):
+    """A tensor of ``shape`` (symbolic dims allowed) filled with ``value`` (initial states)."""
+
+    name = "full"
+    arity = (0, 0)
+    Attrs = FullAttrs
+
+    def infer(self, ins, a):
+        return [make_type(a.dtype, a.shape)]
+
+    def kernel(self, a, ctx):
+        shape = tuple(dims.evaluate(d, ctx.dims) for d in a.shape)
+        dtype = np.dtype(a.dtype)
+        return lambda: np.full(shape, a.value, dtype)
+
+    def vjp(self, g, a, ins, outs, cts):
+        return []

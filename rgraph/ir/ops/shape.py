@@ -182,6 +182,11 @@ def _sliced(t, a):
     axis = normalize_axis(a.axis, t.rank)
     dim = t.shape[axis]
     if isinstance(dim, int):
+        if a.stop is not None and a.stop > dim:  # the kernel refuses it too
+            raise ShapeError(
+                f"slice stop {a.stop} is past dim {dim} of axis {a.axis}:"
+                " give a stop of at most the dim, or none for the end"
+            )
         size = len(range(*slice(a.start, a.stop, a.step).indices(dim)))
     elif (a.start or 0) >= 0 and a.stop is not None and a.stop >= 0:
         size = -(-max(a.stop - (a.start or 0), 0) // a.step)
