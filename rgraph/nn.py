@@ -42,7 +42,7 @@ def linear(g: Graph, x: Value, out_features: int, *, weight: str, bias: str | No
 def embedding(
     g: Graph, indices: Value, num: int, dim: int, *, name: str = "Wil", dtype: str = "float64"
 ) -> Value:
-    """Rows of a ``(num, dim)`` table ``name`` at integer ``indices``: shape ``indices + (dim,)``."""
+    """Rows of a ``(num, dim)`` table ``name`` at integer ``indices`` (shape ``S + (dim,)``)."""
     table = g.param(name, (num, dim), dtype, **WEIGHT_INIT)
     return g.row_pluck(table, indices)
 
