@@ -13,27 +13,52 @@
 
 from rgraph import errors, nn
 from rgraph.builder import Graph, Value
-from rgraph.exec import Interpreter, Program, Result, compile
+from rgraph.exec import (
+    SGD,
+    Adam,
+    Interpreter,
+    Optimizer,
+    Program,
+    Result,
+    RMSProp,
+    StepStats,
+    clip_by_global_norm,
+    clip_by_value,
+    compile,
+    global_norm,
+)
 from rgraph.gradcheck import GradcheckReport, gradcheck
 from rgraph.init import init_params
+from rgraph.io import Model, load, save
 from rgraph.ir import GraphIR, Init, TensorType
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "SGD",
+    "Adam",
     "GradcheckReport",
     "Graph",
     "GraphIR",
     "Init",
     "Interpreter",
+    "Model",
+    "Optimizer",
     "Program",
+    "RMSProp",
     "Result",
+    "StepStats",
     "TensorType",
     "Value",
     "__version__",
+    "clip_by_global_norm",
+    "clip_by_value",
     "compile",
     "errors",
+    "global_norm",
     "gradcheck",
     "init_params",
+    "load",
     "nn",
+    "save",
 ]
