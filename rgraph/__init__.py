@@ -11,7 +11,7 @@
 [[1.0, 1.0], [0.0, 0.0], [0.0, 0.0]]
 """
 
-from rgraph import errors, nn
+from rgraph import errors, nn, train
 from rgraph.builder import Graph, Value
 from rgraph.exec import (
     SGD,
@@ -31,6 +31,7 @@ from rgraph.gradcheck import GradcheckReport, gradcheck
 from rgraph.init import init_params
 from rgraph.io import Model, load, save
 from rgraph.ir import GraphIR, Init, TensorType
+from rgraph.train import Trainer
 
 __version__ = "0.1.0"
 
@@ -49,6 +50,7 @@ __all__ = [
     "Result",
     "StepStats",
     "TensorType",
+    "Trainer",
     "Value",
     "__version__",
     "clip_by_global_norm",
@@ -61,4 +63,5 @@ __all__ = [
     "load",
     "nn",
     "save",
+    "train",
 ]

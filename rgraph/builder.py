@@ -23,11 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from rgraph.errors import DuplicateValueError, GraphError, UndefinedValueError
+from rgraph.errors import DTypeError, DuplicateValueError, GraphError, UndefinedValueError
 from rgraph.ir import dims
 from rgraph.ir.graph import Const, GraphIR, Init, Node, Param, SourceLoc, Var
 from rgraph.ir.op import REGISTRY, get_op
-from rgraph.ir.types import TensorType, dtype_name
+from rgraph.ir.types import INT_DTYPES, TensorType, dtype_name
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -371,6 +371,12 @@ class Graph:
             return self._own(v)
         if isinstance(v, (int, float, np.number, np.ndarray, list)) and not isinstance(v, bool):
             dtype = ref.dtype if ref is not None else None
+            if dtype in INT_DTYPES and not _fits(v, dtype):
+                raise DTypeError(
+                    f"{_where()}{v!r} cannot become a constant of {dtype}, the dtype of"
+                    f" '{ref.name}' ({ref.type}), without changing its value; rgraph never"
+                    " converts implicitly: use cast"
+                )
             return self.const(v, dtype=dtype)
         raise GraphError(f"{_where()}expected a Value or a number, got {type(v).__name__}")
 
@@ -409,13 +415,13 @@ class Graph:
         result is ``(final_carry, stacked_ys)``, each ``y`` with a leading time axis.
 
         >>> import rgraph as rg
-        >>> g = rg.Graph(); xs = g.input("xs", ("T", 3)); W = g.param("W", (3, 3))
+        >>> g = rg.Graph(); xs = g.input("xs", ("T", "B", 3)); W = g.param("W", (3, 3))
         >>> def step(b, carry, x):
         ...     h = b.tanh(carry[0] @ W + x[0])
         ...     return [h], [h]
-        >>> (h_last,), (hs,) = g.scan(step, init=[g.input("h0", (3,))], xs=[xs])
+        >>> (h_last,), (hs,) = g.scan(step, init=[g.input("h0", ("B", 3))], xs=[xs])
         >>> hs.type
-        TensorType(dtype='float64', shape=('T', 3))
+        TensorType(dtype='float64', shape=('T', 'B', 3))
         """
         init = [self._own(v) for v in _as_list(init)]
         xs = [self._own(v) for v in _as_list(xs)]
@@ -465,6 +471,16 @@ class Graph:
 
     def __dir__(self) -> list[str]:
         return sorted(set(super().__dir__()) | set(REGISTRY) | set(ALIASES))
+
+
+def _fits(value: Any, dtype: str) -> bool:
+    """Whether a Python number (or array) converts to ``dtype`` without changing."""
+    try:
+        given = np.asarray(value)
+        with np.errstate(all="ignore"):
+            return bool(np.array_equal(given.astype(dtype), given))
+    except (OverflowError, TypeError, ValueError):
+        return False
 
 
 def _fmt_loc(loc: SourceLoc | None) -> str:

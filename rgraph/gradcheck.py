@@ -102,7 +102,7 @@ def gradcheck(
     Examples
     --------
     >>> import numpy as np, rgraph as rg
-    >>> g = rg.Graph(); x = g.input("x", (3,)); g.output(g.tanh(x) * x, name="y")
+    >>> g = rg.Graph(); x = g.input("x", (3,)); _ = g.output(g.tanh(x) * x, name="y")
     >>> rg.gradcheck(g, {"x": np.array([0.1, -0.5, 2.0])}, wrt=["x"]).ok
     True
     """

@@ -34,7 +34,7 @@ class Interpreter:
     """Runs one scheduled :class:`GraphIR` on numpy arrays.
 
     >>> import numpy as np, rgraph as rg
-    >>> g = rg.Graph(); x = g.input("x", (2,)); g.output(x.tanh(), name="y")
+    >>> g = rg.Graph(); x = g.input("x", (2,)); _ = g.output(x.tanh(), name="y")
     >>> rg.Interpreter(g.ir).run({"x": np.zeros(2)})["y"]
     array([0., 0.])
     """
@@ -130,6 +130,9 @@ class Interpreter:
             values[self.slot[p.name]] = _check(
                 params[p.name], p.type, "param", p.name, binding, bound_by, strict=True
             )
+            arr = values[self.slot[p.name]]
+            if self.check_finite and p.type.is_float and not np.all(np.isfinite(arr)):
+                raise NonFiniteError(f"param '{p.name}' holds {_nonfinite(arr)}")
         for v in self.graph.inputs:  # fed though unused: still binds its dims
             if v.name in feeds:
                 _check(feeds.pop(v.name), v.type, "input", v.name, binding, bound_by)
