@@ -118,6 +118,12 @@ CELLS: dict[str, Cell] = {
 _GATE_KEYS = {"rnn": ("hh",), "lstm": ("i", "f", "o", "c"), "gru": ("r", "z", "c")}
 
 
+def _cell(kind: str) -> Cell:
+    if kind not in CELLS:
+        raise GraphError(f"unknown recurrent kind {kind!r}: use one of {', '.join(CELLS)}")
+    return CELLS[kind]
+
+
 @dataclass
 class RecurrentOutput:
     """What a recurrent builder returns.
@@ -138,6 +144,7 @@ def recurrent(
     *,
     mask: Value | None = None,
     unroll: bool = False,
+    initial: Sequence[Sequence[Value]] | None = None,
 ) -> RecurrentOutput:
     """A multi-layer recurrent network over ``xs`` of shape ``(T, B, input)``.
 
@@ -151,14 +158,15 @@ def recurrent(
         ``(T, B)`` of xs' dtype: 1 for real steps, 0 for padding, which keeps the state.
     unroll
         Record one set of ops per step (needs a concrete ``T``) instead of a ``scan``.
+    initial
+        Per layer, the state to start from (``[h]``, or ``[h, c]`` for an LSTM, each
+        ``(B, H)``); zeros when omitted, as RecurrentJS.
     """
-    if kind not in CELLS:
-        raise GraphError(f"unknown recurrent kind {kind!r}: use one of {', '.join(CELLS)}")
+    cell = _cell(kind)
     if xs.ndim != 3:
         raise GraphError(f"recurrent input must be (T, B, features), got {xs.type}")
     if mask is not None and mask.shape != xs.shape[:2]:
         raise GraphError(f"mask must be (T, B) = {list(xs.shape[:2])}, got {mask.type}")
-    cell = CELLS[kind]
     final: list[list[Value]] = []
     seq = xs
     for d, hidden in enumerate(hidden_sizes):
@@ -170,8 +178,11 @@ def recurrent(
             }
             for key, (wx, wh, b) in zip(_GATE_KEYS[kind], cell.gates)
         }
-        zeros = g.full(shape=[xs.shape[1], hidden], value=0.0, dtype=xs.dtype)
-        init = [zeros] * cell.state_size
+        if initial is not None:
+            init = list(initial[d])
+        else:
+            zeros = g.full(shape=[xs.shape[1], hidden], value=0.0, dtype=xs.dtype)
+            init = [zeros] * cell.state_size
         run = _unrolled if unroll else _scanned
         seq, state = run(g, cell, params, seq, init, mask)
         final.append(state)
@@ -282,3 +293,52 @@ def language_model(
         nll=g.output(nll, name="nll"),
         count=g.output(g.sum(mask), name="count"),
     )
+
+
+@dataclass
+class StepModel:
+    """The symbolic values of :func:`step_model`'s graph: one character at a time."""
+
+    token: Value
+    state: list[list[Value]]
+    logits: Value
+    next_state: list[list[Value]]
+
+
+STATE_NAMES = {1: ("h",), 2: ("h", "c")}
+
+
+def step_model(
+    g: Graph,
+    vocab: int,
+    *,
+    kind: str = "lstm",
+    hidden_sizes: Sequence[int] = (20, 20),
+    letter_size: int = 5,
+    dtype: str = "float64",
+    batch: int | str = "B",
+) -> StepModel:
+    """One step of :func:`language_model` with its state as inputs and outputs (sampling).
+
+    It has the same parameters (names and shapes) as the language model, so a trained
+    store runs it as is. Inputs: ``token`` ``(B,)`` int32 and the state ``h{d}`` (and
+    ``c{d}`` for an LSTM) per layer; outputs: ``logits`` ``(B, vocab)`` and the next
+    state ``h{d}_next`` (``c{d}_next``).
+    """
+    cell = _cell(kind)
+    token = g.input("token", (batch,), "int32")
+    names = STATE_NAMES[cell.state_size]
+    state = [
+        [g.input(f"{n}{d}", (batch, hidden), dtype) for n in names]
+        for d, hidden in enumerate(hidden_sizes)
+    ]
+    xs = embedding(g, g.reshape(token, shape=[1, batch]), vocab, letter_size, dtype=dtype)
+    out = recurrent(g, kind, xs, hidden_sizes, unroll=True, initial=state)
+    logits = linear(
+        g, g.reshape(out.ys, shape=[batch, hidden_sizes[-1]]), vocab, weight="Whd", bias="bd"
+    )
+    next_state = [
+        [g.output(v, name=f"{n}{d}_next") for n, v in zip(names, layer)]
+        for d, layer in enumerate(out.final)
+    ]
+    return StepModel(token, state, g.output(logits, name="logits"), next_state)

@@ -396,3 +396,23 @@ def test_tiny_lstm_memorises_five_sentences():
     # memorised: given the first character, every next character (and END) is the argmax
     assert np.all((predicted == feeds["targets"])[1:][mask[1:]])
     assert len(perplexities) < 200
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+def test_step_model_reproduces_the_language_model_one_character_at_a_time(kind):
+    g = rg.Graph("lm")
+    rg.nn.language_model(g, vocab=6, kind=kind, hidden_sizes=[5, 4], letter_size=3)
+    rng = np.random.default_rng(1)
+    store = {k: v + rng.uniform(-0.3, 0.3, v.shape) for k, v in rg.init_params(g, 0).items()}
+    feeds = rg.train.pad_sequences([[1, 2, 3, 4]])
+    logits = rg.compile(g, ["logits"]).run(feeds, store).outputs["logits"][:, 0]
+
+    s = rg.Graph("step")
+    sm = rg.nn.step_model(s, vocab=6, kind=kind, hidden_sizes=[5, 4], letter_size=3)
+    assert sorted(p.name for p in s.ir.params) == sorted(store)
+    program = rg.compile(s)
+    state = {v.name: np.zeros((1, v.shape[1])) for layer in sm.state for v in layer}
+    for t, token in enumerate(feeds["tokens"][:, 0]):
+        out = program.run({"token": np.array([token], np.int32), **state}, store).outputs
+        np.testing.assert_allclose(out["logits"][0], logits[t], rtol=1e-12, atol=1e-14)
+        state = {name: out[name + "_next"] for name in state}
