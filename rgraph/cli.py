@@ -1,25 +1,165 @@
-"""The ``rgraph`` command (also ``python -m rgraph``)."""
+"""The ``rgraph`` command (also ``python -m rgraph``).
+
+Each subcommand is one entry of :data:`COMMANDS`: a help line, a function that adds its
+arguments to its parser, and a function that runs it and returns the exit status.
+
+Exit status: 0 on success; 2 for bad usage or bad input (a missing or malformed file, an
+unknown file extension); 1 when the output cannot be written.
+"""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from rgraph import __version__
+from rgraph.errors import RgraphError
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: ``help`` (one line), ``arguments(parser)``, ``run(args) -> status``."""
+
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    description: str = ""
+
+
+class _Failure(Exception):
+    """A one-line error for the user, with the exit status to end with."""
+
+    def __init__(self, message: str, status: int = EXIT_BAD_INPUT):
+        super().__init__(message)
+        self.status = status
+
+
+# --- convert ----------------------------------------------------------------------------
+
+
+def _read_rgraph(path: str) -> Any:
+    from rgraph.io.format import load
+
+    return load(path)
+
+
+def _write_rgraph(path: str, model: Any) -> None:
+    from rgraph.io.format import save
+
+    save(
+        path,
+        model.graph,
+        model.params,
+        optimizer=model.optimizer,
+        rng=model.rng,
+        step=model.step,
+        metadata=model.metadata,
+    )
+
+
+def _read_recurrentjs(path: str) -> Any:
+    from rgraph.io.recurrentjs import import_json
+
+    return import_json(path)
+
+
+def _write_recurrentjs(path: str, model: Any) -> None:
+    from rgraph.io.recurrentjs import write_json
+
+    write_json(path, model)
+
+
+# Model formats by file extension: (description, reader, writer).
+FORMATS: dict[str, tuple[str, Callable[[str], Any], Callable[[str, Any], None]]] = {
+    ".rgraph": ("rgraph model file", _read_rgraph, _write_rgraph),
+    ".json": ("RecurrentJS character demo JSON", _read_recurrentjs, _write_recurrentjs),
+}
+
+
+def _format_of(path: str, role: str) -> tuple[str, Callable, Callable]:
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in FORMATS:
+        known = ", ".join(f"{e} ({FORMATS[e][0]})" for e in FORMATS)
+        got = f"extension {ext!r}" if ext else "no extension"
+        raise _Failure(f"{role} {path!r} has {got}; known: {known}")
+    return FORMATS[ext]
+
+
+def _convert_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", metavar="IN", help="the model to read (.json or .rgraph)")
+    p.add_argument("output", metavar="OUT", help="the file to write (.json or .rgraph)")
+
+
+def _convert(args: argparse.Namespace) -> int:
+    _, read, _ = _format_of(args.input, "input")
+    _, _, write = _format_of(args.output, "output")
+    if not os.path.exists(args.input):
+        raise _Failure(f"input {args.input!r} does not exist")
+    model = read(args.input)  # RgraphError -> bad input
+    try:
+        write(args.output, model)
+    except OSError as e:
+        raise _Failure(f"cannot write {args.output!r}: {e.strerror or e}", EXIT_FAILED) from None
+    return EXIT_OK
+
+
+COMMANDS: dict[str, Command] = {
+    "convert": Command(
+        help="convert a model between RecurrentJS JSON (.json) and rgraph (.rgraph)",
+        description=(
+            "Convert a model file; the format of each side follows its extension: "
+            ".json is the RecurrentJS character demo's saved model, .rgraph rgraph's model "
+            "file. Weights, the RMSProp step cache and the vocabulary carry over."
+        ),
+        arguments=_convert_arguments,
+        run=_convert,
+    ),
+}
+
+
+# --- the command line -------------------------------------------------------------------
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rgraph",
         description="rgraph: a define-then-run graph compiler for recurrent networks.",
-        epilog="Define graphs in Python with rgraph.Graph; see README.md for a quick start.",
+        epilog="Define graphs in Python with rgraph.Graph; see README.md for a quick start. "
+        "Exit status: 0 success, 1 output not written, 2 bad usage or input.",
     )
     p.add_argument("--version", action="version", version=f"rgraph {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for name, cmd in COMMANDS.items():
+        cp = sub.add_parser(name, help=cmd.help, description=cmd.description or cmd.help)
+        cmd.arguments(cp)
     return p
 
 
+def _one_line(message: str) -> str:
+    return " ".join(str(message).split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the process exit status."""
-    parser().parse_args(argv)
-    parser().print_help()
-    return 0
+    """Entry point; returns the process exit status (argparse's own exits included)."""
+    p = parser()
+    try:
+        args = p.parse_args(argv)
+    except SystemExit as e:  # --help, --version, usage errors
+        return e.code if isinstance(e.code, int) else EXIT_BAD_INPUT
+    if args.command is None:
+        p.print_help()
+        return EXIT_OK
+    try:
+        return COMMANDS[args.command].run(args)
+    except _Failure as e:
+        status, message = e.status, str(e)
+    except RgraphError as e:
+        status, message = EXIT_BAD_INPUT, str(e)
+    print(f"rgraph {args.command}: error: {_one_line(message)}", file=sys.stderr)
+    return status
