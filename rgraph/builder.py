@@ -16,6 +16,7 @@ TensorType(dtype='float64', shape=(3, 1))
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -35,12 +36,18 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 ALIASES = {"mul": "matmul"}
 
 
+@functools.lru_cache(maxsize=1024)
+def _in_package(filename: str) -> bool:
+    # With the separator: a user's ``rgraph_demo.py`` next to the package is not in it.
+    return os.path.abspath(filename).startswith(_PACKAGE_DIR + os.sep)
+
+
 def caller_location() -> SourceLoc | None:
     """The innermost stack frame outside the rgraph package: the user's line."""
     frame = sys._getframe(1)
     while frame is not None:
         filename = frame.f_code.co_filename
-        if not os.path.abspath(filename).startswith(_PACKAGE_DIR):
+        if not _in_package(filename):
             return SourceLoc.model_construct(
                 file=filename, line=frame.f_lineno, function=frame.f_code.co_name
             )

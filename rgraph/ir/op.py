@@ -9,6 +9,7 @@ writing one subclass in a family module under :mod:`rgraph.ir.ops` (decorated wi
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -144,6 +145,8 @@ def freeze(data: Any) -> Any:
         return tuple(sorted((k, freeze(v)) for k, v in data.items()))
     if isinstance(data, list):
         return ("__list__", *(freeze(v) for v in data))
+    if isinstance(data, float):  # 0.0 == -0.0, but 1/0.0 != 1/-0.0: keep the sign
+        return ("float", data, math.copysign(1.0, data))
     return (type(data).__name__, data)
 
 

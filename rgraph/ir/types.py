@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
 
 from rgraph.ir import dims
 
@@ -24,7 +24,14 @@ def _check_dim(value: int | str) -> int | str:
     return dims.canonical(value)
 
 
-Dim = Annotated[int | str, AfterValidator(_check_dim)]
+def _refuse_coercion(value: object) -> object:
+    # Lax validation would turn ``true`` into 1 and ``1.0`` into 1: a dim is an int or a name.
+    if isinstance(value, (bool, float)):
+        raise ValueError(f"dim {value!r} is neither a non-negative int nor a symbolic name")
+    return value
+
+
+Dim = Annotated[int | str, BeforeValidator(_refuse_coercion), AfterValidator(_check_dim)]
 
 
 class TensorType(BaseModel):

@@ -53,22 +53,28 @@ def problems(graph: GraphIR) -> list[GraphError]:
     for node in graph.nodes:
         for out in node.outputs:
             define(out.name, out.type, f"output of node {_label(node)}")
-    for node in graph.nodes:
-        missing = [i for i in node.inputs if i not in types]
+    incomplete: set[int] = set()
+    for i, node in enumerate(graph.nodes):
+        missing = [name for name in node.inputs if name not in types]
         if missing:
+            incomplete.add(i)
             errors.append(
                 UndefinedValueError(f"node {_label(node)} uses undefined value(s) {missing}")
             )
     for name in graph.outputs:
         if name not in types:
             errors.append(UndefinedValueError(f"graph output '{name}' is not defined"))
-    if errors:
+    # With two definitions of a name no type can be trusted; other problems do not stop
+    # the per-node checks, so that one call lists them all.
+    if any(isinstance(e, DuplicateValueError) for e in errors):
         return errors
     try:
-        ordered = schedule(graph)
+        schedule(graph)
     except GraphError as e:
-        return [e]
-    for node in ordered.nodes:
+        return [*errors, e]
+    for i, node in enumerate(graph.nodes):
+        if i in incomplete:
+            continue
         try:
             _check_node(node, types)
         except GraphError as e:

@@ -20,7 +20,7 @@ def cse(graph: GraphIR) -> GraphIR:
     seen_consts: dict[tuple, str] = {}
     consts = []
     for c in graph.consts:
-        key = (c.type.dtype, c.type.shape, tuple(c.data))
+        key = (c.type.dtype, c.type.shape, freeze(c.data))
         if key in seen_consts and c.name not in outputs:
             rename[c.name] = seen_consts[key]
         else:

@@ -51,7 +51,28 @@ def schedule(graph: GraphIR) -> GraphIR:
             if waiting[u] == 0:
                 heapq.heappush(ready, u)
     if len(order) < len(nodes):
-        stuck = [_describe(nodes[i]) for i, w in enumerate(waiting) if w > 0]
-        shown = "; ".join(stuck[:5]) + ("; ..." if len(stuck) > 5 else "")
-        raise CycleError(f"graph '{graph.name}' has a cycle among {len(stuck)} nodes: {shown}")
+        cycle = _find_cycle(nodes, producer, waiting)
+        shown = "; ".join(_describe(nodes[i]) for i in cycle[:5]) + (
+            "; ..." if len(cycle) > 5 else ""
+        )
+        blocked = sum(w > 0 for w in waiting) - len(cycle)
+        also = f" (and {blocked} node(s) waiting on it)" if blocked else ""
+        raise CycleError(f"graph '{graph.name}' has a cycle of {len(cycle)} nodes: {shown}{also}")
     return graph.replace(nodes=tuple(nodes[i] for i in order))
+
+
+def _find_cycle(nodes: tuple[Node, ...], producer: dict[str, int], waiting: list[int]) -> list[int]:
+    """The nodes of one cycle among the nodes still waiting, in dependency order."""
+    i = next(i for i, w in enumerate(waiting) if w > 0)
+    seen: dict[int, int] = {}
+    path: list[int] = []
+    while i not in seen:
+        seen[i] = len(path)
+        path.append(i)
+        # A waiting node waits on at least one producer that is itself waiting.
+        i = next(
+            p
+            for p in (producer.get(name) for name in nodes[i].inputs)
+            if p is not None and waiting[p] > 0
+        )
+    return path[seen[i] :][::-1]

@@ -1,0 +1,248 @@
+"""The numpy interpreter: feed checking, error reporting, freeing, dtype discipline.
+
+Bad feeds fail before anything runs, with a FeedError naming the input and what was
+expected; a failing kernel becomes an ExecutionError naming the node, its op, its inputs'
+shapes and the user's line; intermediate values are released after their last use; a
+float32 graph computes in float32 throughout.
+"""
+
+from __future__ import annotations
+
+import sys
+import weakref
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import rgraph as rg
+from rgraph.errors import ExecutionError, FeedError
+from rgraph.ir import REGISTRY, dims
+
+THIS_FILE = Path(__file__).name
+
+
+def here() -> int:
+    """The line number of the line that calls ``here()``."""
+    return sys._getframe(1).f_lineno
+
+
+def feeds_graph() -> rg.Program:
+    g = rg.Graph("feeds")
+    x = g.input("x", ("T", 2))
+    y = g.input("y", ("T", "D"))
+    W = g.param("W", (2, 3))
+    g.output(x @ W, name="xw")
+    g.output(y * 2.0, name="y2")
+    return rg.compile(g)
+
+
+GOOD = {"x": np.zeros((4, 2)), "y": np.ones((4, 5))}
+PARAMS = {"W": np.ones((2, 3))}
+
+
+def test_good_feeds_run():
+    out = feeds_graph().run(GOOD, PARAMS).outputs
+    assert out["xw"].shape == (4, 3) and out["y2"].shape == (4, 5)
+    np.testing.assert_array_equal(out["y2"], 2 * np.ones((4, 5)))
+
+
+def test_missing_feed_names_the_input():
+    with pytest.raises(FeedError, match=r"missing feed for input 'y'") as info:
+        feeds_graph().run({"x": GOOD["x"]}, PARAMS)
+    assert "y: f64[T,D]" in str(info.value)  # and says what it should be
+
+
+def test_wrong_dtype_names_both_dtypes():
+    bad = {**GOOD, "x": GOOD["x"].astype(np.float32)}
+    with pytest.raises(FeedError) as info:
+        feeds_graph().run(bad, PARAMS)
+    msg = str(info.value)
+    assert "'x'" in msg and "float64" in msg and "float32" in msg
+
+
+def test_wrong_shape_names_both_shapes():
+    bad = {**GOOD, "x": np.zeros((4, 3))}
+    with pytest.raises(FeedError) as info:
+        feeds_graph().run(bad, PARAMS)
+    msg = str(info.value)
+    assert "'x'" in msg and "f64[T,2]" in msg and "(4, 3)" in msg
+    with pytest.raises(FeedError, match=r"'x' must have rank 2"):
+        feeds_graph().run({**GOOD, "x": np.zeros(4)}, PARAMS)
+
+
+def test_inconsistent_symbolic_dim_names_the_dim_and_both_feeds():
+    bad = {"x": np.zeros((4, 2)), "y": np.zeros((6, 5))}
+    with pytest.raises(FeedError) as info:
+        feeds_graph().run(bad, PARAMS)
+    msg = str(info.value)
+    assert "'T'" in msg and "T=4 from input 'x' axis 0" in msg
+    assert "'y'" in msg and "size 6" in msg
+
+
+def test_product_dims_are_checked_against_their_factors():
+    g = rg.Graph("product")
+    x = g.input("x", ("T", "B", 2))
+    flat = g.input("flat", ("B*T", 2))
+    g.output(g.reshape(x, shape=["T*B", 2]) + flat, name="y")
+    prog = rg.compile(g)
+    out = prog.run({"x": np.ones((3, 2, 2)), "flat": np.ones((6, 2))}).outputs["y"]
+    assert out.shape == (6, 2)
+    with pytest.raises(FeedError, match=r"'flat' axis 0 has size 5, but dim 'B\*T' is 6"):
+        prog.run({"x": np.ones((3, 2, 2)), "flat": np.ones((5, 2))})
+
+
+def test_unknown_feed_name_is_refused():
+    with pytest.raises(FeedError, match=r"\['z'\] are not inputs of graph 'feeds'"):
+        feeds_graph().run({**GOOD, "z": np.zeros(1)}, PARAMS)
+
+
+def test_missing_and_malformed_params():
+    with pytest.raises(FeedError, match=r"no 'W' \(f64\[2,3\]\)"):
+        feeds_graph().run(GOOD, {})
+    with pytest.raises(FeedError, match=r"param 'W' must be float64, got float32"):
+        feeds_graph().run(GOOD, {"W": np.ones((2, 3), np.float32)})
+    with pytest.raises(FeedError, match=r"param 'W' must have shape f64\[2,3\], got \(3, 2\)"):
+        feeds_graph().run(GOOD, {"W": np.ones((3, 2))})
+
+
+def test_python_lists_are_converted_but_arrays_are_not_cast():
+    prog = feeds_graph()
+    out = prog.run({"x": [[1, 2]], "y": [[1.0]]}, PARAMS).outputs
+    np.testing.assert_array_equal(out["xw"], [[3.0, 3.0, 3.0]])
+    with pytest.raises(FeedError, match="int64"):
+        prog.run({"x": np.array([[1, 2]]), "y": [[1.0]]}, PARAMS)
+
+
+def test_kernel_failure_names_node_op_shapes_and_line():
+    g = rg.Graph("lookup")
+    E = g.param("E", (5, 3))
+    ids = g.input("ids", ("T",), "int64")
+    line = here() + 1
+    emb = g.row_pluck(E, ids)
+    g.output(g.tanh(emb), name="out")
+    prog = rg.compile(g)
+    with pytest.raises(ExecutionError) as info:
+        prog.run({"ids": np.array([1, 7, 2])}, {"E": np.zeros((5, 3))})
+    msg = str(info.value)
+    assert f"node '{emb.name} = row_pluck(E, ids)'" in msg
+    assert f"{THIS_FILE}:{line}" in msg
+    assert "E: float64[5, 3]" in msg and "ids: int64[3]" in msg
+    assert "IndexError" in msg and "index 7" in msg
+    assert isinstance(info.value.__cause__, IndexError)
+
+
+# --- memory: values are freed after their last use ---------------------------------------
+
+
+def chain_graph(*, keep_a: bool = False) -> rg.Graph:
+    g = rg.Graph("free")
+    x = g.input("x", (1000,))
+    a = g.op("tanh", x, _name="a")
+    b = g.op("exp", a, _name="b")
+    c = g.op("neg", b, _name="c")
+    if keep_a:
+        g.output(a)
+    g.output(c)
+    return g
+
+
+def test_plan_frees_each_value_after_its_last_use():
+    interp = rg.Interpreter(chain_graph().ir)
+    frees = interp._plan_frees()
+    slot = interp.slot
+    steps = [n.outputs[0].name for n in interp.graph.nodes]
+    assert steps == ["a", "b", "c"]
+    assert slot["x"] in frees[0]  # x dies after tanh
+    assert slot["a"] in frees[1]  # a dies after exp
+    assert slot["b"] in frees[2]
+    assert all(slot["c"] not in f for f in frees)  # outputs are kept
+    kept = rg.Interpreter(chain_graph(keep_a=True).ir)
+    assert all(kept.slot["a"] not in f for f in kept._plan_frees())
+
+
+@pytest.mark.parametrize("keep_a", [False, True])
+def test_an_intermediate_array_is_released_after_its_last_use(monkeypatch, keep_a):
+    refs: dict[str, weakref.ref] = {}
+    alive_when_neg_ran: list[bool] = []
+    tanh_cls, neg_cls = type(REGISTRY["tanh"]), type(REGISTRY["neg"])
+    real_tanh, real_neg = tanh_cls.fn, neg_cls.fn
+
+    def tanh(x):
+        out = real_tanh(x)
+        refs["a"] = weakref.ref(out)
+        return out
+
+    def neg(x):
+        alive_when_neg_ran.append(refs["a"]() is not None)
+        return real_neg(x)
+
+    monkeypatch.setattr(tanh_cls, "fn", staticmethod(tanh))
+    monkeypatch.setattr(neg_cls, "fn", staticmethod(neg))
+    interp = rg.Interpreter(chain_graph(keep_a=keep_a).ir)
+    xv = np.linspace(-1, 1, 1000)
+    out = interp.run({"x": xv})
+    np.testing.assert_allclose(out["c"], -np.exp(np.tanh(xv)), rtol=1e-15)
+    # ``a`` is an intermediate: gone before neg runs. Kept as an output: still alive.
+    assert alive_when_neg_ran == [keep_a]
+
+
+# --- dtype discipline --------------------------------------------------------------------
+
+
+def float32_graph() -> rg.Graph:
+    g = rg.Graph("f32")
+    x = g.input("x", ("B", 3), "float32")
+    t = g.input("t", ("B",), "int32")
+    m = g.input("m", ("B",), "float32")
+    ids = g.input("ids", ("B",), "int64")
+    E = g.param("E", (5, 3), "float32", init="uniform")
+    W = g.param("W", (3, 4), "float32", init="uniform", low=-0.5, high=0.5)
+    b = g.param("b", (4,), "float32")
+    h = g.sigmoid(x @ W + b) * 2.0 - 1.0 + g.relu(g.row_pluck(E, ids) @ W) / 3.0
+    h2 = g.log_softmax(h) + g.softmax(h) + g.exp(h * 0.1) + g.log(g.sigmoid(h))
+    p1, p2 = g.split(g.concat([h2, -h2], axis=1), axis=1, sizes=[4, 4])
+    hm = g.mean(p1, axes=[0], keepdims=True) + p2 + g.sum(h, axes=[1], keepdims=True)
+    loss = g.softmax_cross_entropy(hm, t, mask=m) + g.mean(hm.tanh()) + g.mean(hm.T[0:2])
+    g.output(h2, name="h2")
+    g.output(loss, name="loss")
+    return g
+
+
+def float32_feeds(B: int = 6) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {
+        "x": rng.normal(size=(B, 3)).astype(np.float32),
+        "t": (np.arange(B) % 4).astype(np.int32),
+        "m": np.array([1, 1, 0, 1, 1, 1][:B], np.float32),
+        "ids": np.arange(B) % 5,
+    }
+
+
+def test_a_float32_graph_runs_in_float32_end_to_end():
+    g = float32_graph()
+    prog = rg.compile(g, loss="loss")
+    params = rg.init_params(g, 0)
+    assert {p.dtype for p in params.values()} == {np.dtype(np.float32)}
+    res = prog.run(float32_feeds(), params)
+    assert res.outputs["loss"].dtype == np.float32
+    assert res.outputs["h2"].dtype == np.float32
+    assert set(res.grads) == {"E", "W", "b"}
+    for name, grad in res.grads.items():
+        assert grad.dtype == np.float32, name
+        assert grad.shape == params[name].shape
+        assert np.all(np.isfinite(grad)) and np.any(grad != 0), name
+
+
+def test_every_intermediate_of_a_float32_program_has_its_declared_type():
+    g = float32_graph()
+    prog = rg.compile(g, loss="loss")
+    feeds, params = float32_feeds(), rg.init_params(g, 0)
+    types = prog.ir.types()
+    everything = prog.ir.replace(outputs=tuple(types))
+    values = rg.Interpreter(everything).run(feeds, params)
+    binding = {"B": 6}
+    for name, value in values.items():
+        want = types[name]
+        shape = tuple(dims.evaluate(d, binding) if isinstance(d, str) else d for d in want.shape)
+        assert (value.dtype.name, value.shape) == (want.dtype, shape), name
