@@ -27,8 +27,8 @@ import numpy as np
 from rgraph.errors import DTypeError, DuplicateValueError, GraphError, UndefinedValueError
 from rgraph.ir import dims
 from rgraph.ir.graph import Const, GraphIR, Init, Node, Param, SourceLoc, Var
-from rgraph.ir.op import REGISTRY, get_op
-from rgraph.ir.types import INT_DTYPES, TensorType, dtype_name
+from rgraph.ir.op import REGISTRY, freeze, get_op
+from rgraph.ir.types import INT_DTYPES, TensorType, construct, dtype_name, make_type
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -48,8 +48,8 @@ def caller_location() -> SourceLoc | None:
     while frame is not None:
         filename = frame.f_code.co_filename
         if not _in_package(filename):
-            return SourceLoc.model_construct(
-                file=filename, line=frame.f_lineno, function=frame.f_code.co_name
+            return construct(
+                SourceLoc, file=filename, line=frame.f_lineno, function=frame.f_code.co_name
             )
         frame = frame.f_back  # type: ignore[assignment]
     return None
@@ -189,6 +189,7 @@ class Graph:
         self._types: dict[str, TensorType] = {}
         self._counter = 0
         self._loc_override: SourceLoc | None = None
+        self._scalars: dict[tuple, str] = {}  # shared scalar constants
 
     # --- construction from existing IR (used by passes) ----------------------------
 
@@ -275,12 +276,21 @@ class Graph:
         return Value(self, name, t)
 
     def const(self, value: Any, dtype: Any = None, name: str | None = None) -> Value:
-        """A constant tensor stored in the graph (Python scalars in ops become these)."""
+        """A constant tensor stored in the graph (Python scalars in ops become these).
+
+        Unnamed scalar constants are shared: ``x * 2.0`` twice stores one ``2.0``.
+        """
         arr = np.asarray(value, dtype=None if dtype is None else dtype_name(dtype))
-        t = TensorType(dtype=dtype_name(arr.dtype), shape=arr.shape)
+        t = make_type(dtype_name(arr.dtype), arr.shape)
+        data = arr.ravel().tolist()
+        key = (t.dtype, freeze(data)) if name is None and not arr.shape else None
+        if key is not None and key in self._scalars:
+            return Value(self, self._scalars[key], t)
         name = self._claim(name) if name is not None else self.fresh_name("c")
-        self._consts.append(Const.model_construct(name=name, type=t, data=arr.ravel().tolist()))
+        self._consts.append(construct(Const, name=name, type=t, data=data))
         self._types[name] = t
+        if key is not None:
+            self._scalars[key] = name
         return Value(self, name, t)
 
     def output(self, value: Value, name: str | None = None) -> Value:
@@ -326,20 +336,21 @@ class Graph:
         values = [self._lift(v, ref) for v in inputs]
         try:
             op.check_arity(len(values))
-            a = op.parse_attrs(kwargs)
+            a, plain = op.attrs_from_kwargs(kwargs)
             out_types = op.infer([v.type for v in values], a)
         except GraphError as e:
             shapes = ", ".join(f"{v.name}: {v.type}" for v in values)
             raise type(e)(f"{_fmt_loc(loc)}{opname}({shapes}): {e}") from None
         names = [self._claim(_name)] if _name is not None and len(out_types) == 1 else []
         names += [self.fresh_name() for _ in out_types[len(names) :]]
-        outs = tuple(Var.model_construct(name=n, type=t) for n, t in zip(names, out_types))
+        outs = tuple(construct(Var, name=n, type=t) for n, t in zip(names, out_types))
         self._nodes.append(
-            Node.model_construct(
+            construct(
+                Node,
                 op=opname,
                 inputs=tuple(v.name for v in values),
                 outputs=outs,
-                attrs=op.dump_attrs(a),
+                attrs=plain,
                 bodies={name: getattr(a, name) for name in op.body_names},
                 loc=loc,
             )

@@ -360,3 +360,13 @@ def test_values_of_another_graph_are_refused():
     x2 = g2.input("x", (2,))
     with pytest.raises(GraphError, match="belongs to graph 'one'"):
         x2 + x1
+
+
+def test_unnamed_scalar_constants_are_shared_but_keep_their_dtype_and_sign():
+    g = rg.Graph("consts")
+    x = g.input("x", (3,))
+    y = g.input("y", (3,), "float32")
+    (x * 2.0) + (x * 2.0) + (y * 2.0).cast(dtype="float64") + x * -0.0 + x * 0.0
+    values = sorted((c.type.dtype, repr(c.data[0])) for c in g.ir.consts)
+    expected = [("float32", "2.0"), ("float64", "-0.0"), ("float64", "0.0"), ("float64", "2.0")]
+    assert values == expected

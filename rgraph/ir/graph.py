@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints
 
-from rgraph.ir.types import TensorType
+from rgraph.ir.types import TensorType, construct
 
 Name = Annotated[
     str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.:]*$", min_length=1, max_length=200)
@@ -107,6 +107,7 @@ class GraphIR(BaseModel):
     """
 
     model_config = _STRICT
+    _types: dict[str, TensorType] | None = PrivateAttr(default=None)
 
     name: Name
     inputs: tuple[Var, ...] = ()
@@ -115,13 +116,23 @@ class GraphIR(BaseModel):
     nodes: tuple[Node, ...] = ()
     outputs: tuple[Name, ...] = ()
 
+    def __eq__(self, other: object) -> bool:  # fields only: the types cache is no part of it
+        return type(other) is type(self) and self.__dict__ == other.__dict__
+
+    __hash__ = None  # type: ignore[assignment]
+
     def __str__(self) -> str:
         from rgraph.ir.printer import format_graph
 
         return format_graph(self)
 
     def types(self) -> dict[str, TensorType]:
-        """The type of every value the graph defines, by name."""
+        """The type of every value the graph defines, by name (computed once; a copy)."""
+        if self._types is None:
+            object.__setattr__(self, "__pydantic_private__", {"_types": self._collect_types()})
+        return dict(self._types)  # type: ignore[arg-type]
+
+    def _collect_types(self) -> dict[str, TensorType]:
         out: dict[str, TensorType] = {}
         for group in (self.inputs, self.params, self.consts):
             for v in group:
@@ -133,7 +144,7 @@ class GraphIR(BaseModel):
 
     def replace(self, **changes: Any) -> GraphIR:
         """A copy with some fields replaced, without re-validation (for passes)."""
-        return self.model_copy(update=changes)
+        return construct(GraphIR, **{**self.__dict__, **changes})
 
 
 Node.model_rebuild()

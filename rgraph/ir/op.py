@@ -132,6 +132,20 @@ class Op:
             return self.parse_attrs({**node.attrs, **node.bodies})
         return self.attrs_of(node.attrs)
 
+    def attrs_from_kwargs(self, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """Parsed attrs and their plain form, from a builder call's keywords (cached)."""
+        if self.body_names:
+            a = self.parse_attrs(kwargs)
+            return a, self.dump_attrs(a)
+        try:
+            key = freeze(kwargs)
+            hash(key)
+        except TypeError:  # an unusual value (an array): parse without the cache
+            a = self.parse_attrs(kwargs)
+            return a, self.dump_attrs(a)
+        a, plain = _parse_kwargs_cached(self.name, key)
+        return a, dict(plain)
+
     def attrs_of(self, attrs: Mapping[str, Any]) -> Any:
         """The parsed attrs of a node, cached: passes and the interpreter ask often."""
         if not attrs:
@@ -159,6 +173,13 @@ def _thaw(data: Any) -> Any:
 @functools.lru_cache(maxsize=4096)
 def _parse_cached(opname: str, frozen: tuple) -> Any:
     return REGISTRY[opname].parse_attrs({k: _thaw(v) for k, v in frozen})
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_kwargs_cached(opname: str, frozen: tuple) -> tuple[Any, dict[str, Any]]:
+    op = REGISTRY[opname]
+    a = op.parse_attrs({k: _thaw(v) for k, v in frozen})
+    return a, op.dump_attrs(a)
 
 
 REGISTRY: dict[str, Op] = {}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
@@ -72,9 +72,27 @@ class TensorType(BaseModel):
         return f"{SHORT[self.dtype]}[{','.join(str(d) for d in self.shape)}]"
 
 
+_setattr = object.__setattr__
+
+
+def construct(cls: type[BaseModel], **fields: Any) -> Any:
+    """A model from fields the compiler derived itself: all given, none validated.
+
+    Like pydantic's ``model_construct`` without its defaults handling, for hot paths
+    (a generated backward can have many thousands of nodes).
+    """
+    obj = cls.__new__(cls)
+    _setattr(obj, "__dict__", fields)
+    _setattr(obj, "__pydantic_fields_set__", set(fields))
+    _setattr(obj, "__pydantic_extra__", None)
+    private = cls.__private_attributes__
+    _setattr(obj, "__pydantic_private__", {k: p.default for k, p in private.items()} or None)
+    return obj
+
+
 def make_type(dtype: str, shape: tuple[int | str, ...]) -> TensorType:
     """A TensorType from values the compiler derived itself (no re-validation)."""
-    return TensorType.model_construct(dtype=dtype, shape=tuple(shape))
+    return construct(TensorType, dtype=dtype, shape=tuple(shape))
 
 
 def dtype_name(dtype: object) -> str:

@@ -25,7 +25,7 @@ class Binary(Op):
 
     arity = (2, 2)
     fn: ClassVar[Callable[..., Any]]
-    rule: ClassVar[Callable[..., Sequence[Any]] | None]
+    rule: ClassVar[tuple[Callable[..., Any], Callable[..., Any]] | None]  # one per input
     dtypes: ClassVar[tuple[str, ...]] = NUMERIC
 
     def infer(self, ins: Sequence[TensorType], a: Any) -> list[TensorType]:
@@ -42,7 +42,14 @@ class Binary(Op):
         return self.rule is not None
 
     def vjp(self, g, a, ins, outs, cts):
-        return type(self).rule(ins[0], ins[1], outs[0], cts[0])
+        return [rule(ins[0], ins[1], outs[0], cts[0]) for rule in self.rule]  # type: ignore[union-attr]
+
+    def vjp_node(self, g, node, cts, needs):
+        """Only the wanted inputs' rules run: ``x * 2.0`` emits no gradient for ``2.0``."""
+        x, y = (g.value(name) for name in node.inputs)
+        out = g.value(node.outputs[0].name)
+        rules = self.rule or ()
+        return [rule(x, y, out, cts[0]) if need else None for rule, need in zip(rules, needs)]
 
 
 class Unary(Op):
@@ -72,9 +79,10 @@ def _define(base: type[Op], name: str, fn: Callable, rule: Callable | None, **ex
     register(type(name, (base,), {"name": name, "fn": staticmethod(fn), "rule": rule, **extra}))
 
 
-def binary(name: str, fn: Callable, rule: Callable | None, **extra: Any) -> None:
-    """Register a broadcasting binary op with kernel ``fn`` and VJP ``rule(a, b, out, g)``."""
-    _define(Binary, name, fn, staticmethod(rule) if rule else None, **extra)
+def binary(name: str, fn: Callable, rule: tuple[Callable, Callable], **extra: Any) -> None:
+    """Register a broadcasting binary op with kernel ``fn`` and VJP rules
+    ``(rule_a, rule_b)``, each ``rule(a, b, out, g)`` giving one input's cotangent."""
+    _define(Binary, name, fn, rule, **extra)
 
 
 def unary(name: str, fn: Callable, rule: Callable | None, **extra: Any) -> None:
@@ -87,13 +95,13 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 + 0.5 * np.tanh(0.5 * x)
 
 
-binary("add", np.add, lambda a, b, out, g: [g, g])
-binary("sub", np.subtract, lambda a, b, out, g: [g, -g])
-binary("eltmul", np.multiply, lambda a, b, out, g: [g * b, g * a])
+binary("add", np.add, (lambda a, b, out, g: g, lambda a, b, out, g: g))
+binary("sub", np.subtract, (lambda a, b, out, g: g, lambda a, b, out, g: -g))
+binary("eltmul", np.multiply, (lambda a, b, out, g: g * b, lambda a, b, out, g: g * a))
 binary(
     "div",
     np.true_divide,
-    lambda a, b, out, g: [g / b, -(g * out) / b],
+    (lambda a, b, out, g: g / b, lambda a, b, out, g: -(g * out) / b),
     dtypes=("float32", "float64"),
 )
 
