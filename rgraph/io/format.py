@@ -19,19 +19,21 @@ with small limits and no ext types, duplicate keys are rejected, and every probl
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import mmap
 import os
 import struct
 import tempfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 import msgpack
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints, ValidationError
 
 from rgraph.errors import FormatError, GraphError
 from rgraph.ir.graph import GraphIR
@@ -47,12 +49,17 @@ MAX_BLOB = 2**32 - 1  # a msgpack bin32 payload
 MAX_RANK = 8
 MAX_HEADER = 256 * 2**20  # bytes
 MAX_OBJECTS = 8_000_000  # msgpack items in a header, all containers together
+MAX_BLOBS = 2**16
+MAX_LOOP_DEPTH = 32  # loop bodies nested in loop bodies
+MAX_PRELUDE = 4096  # bytes of the magic and the prelude together
 PRODUCER = "rgraph"
+_CRC_THREADS_FROM = 16 * 2**20  # bytes of tensors: below this, one thread is faster
 
+_MAX_STR = 16 * 2**20  # bytes of one string
 _LIMITS = dict(
     raw=False,
     strict_map_key=True,
-    max_str_len=16 * 2**20,
+    max_str_len=_MAX_STR,
     max_bin_len=0,
     max_ext_len=0,
     max_array_len=4_000_000,
@@ -61,17 +68,22 @@ _LIMITS = dict(
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
-Version = tuple[Annotated[int, Field(ge=0, le=65535)], Annotated[int, Field(ge=0, le=65535)]]
-Size = Annotated[int, Field(ge=0, le=2**62)]
+# Integers are strict: ``true``, ``1.0`` or ``"1"`` where the spec says int is an error.
+Short = Annotated[int, Strict(), Field(ge=0, le=65535)]
+Version = tuple[Short, Short]
+Size = Annotated[int, Strict(), Field(ge=0, le=2**62)]
+Crc = Annotated[int, Strict(), Field(ge=0, lt=2**32)]
 
 
 class Prelude(BaseModel):
+    """The file's second item: versions, and the size and CRC-32 of the header's bytes."""
+
     model_config = _STRICT
 
     format_version: Version
     min_reader_version: Version
-    header_size: Annotated[int, Field(ge=0, le=MAX_HEADER)]
-    header_crc32: Annotated[int, Field(ge=0, lt=2**32)]
+    header_size: Annotated[int, Strict(), Field(ge=0, le=MAX_HEADER)]
+    header_crc32: Crc
 
 
 class TensorEntry(BaseModel):
@@ -84,7 +96,7 @@ class TensorEntry(BaseModel):
     shape: Annotated[tuple[Size, ...], Field(max_length=MAX_RANK)]
     offset: Size
     nbytes: Size
-    crc32: Annotated[int, Field(ge=0, lt=2**32)]
+    crc32: Crc
 
 
 Plain = Annotated[
@@ -93,6 +105,8 @@ Plain = Annotated[
 
 
 class OptimizerRecord(BaseModel):
+    """An optimiser's ``state_dict()``; its per-parameter arrays as tensor entries."""
+
     model_config = _STRICT
 
     kind: Name
@@ -109,11 +123,13 @@ class RngRecord(BaseModel):
     bit_generator: Literal["PCG64"]
     state: Annotated[str, StringConstraints(pattern=r"^[0-9]{1,40}$")]
     inc: Annotated[str, StringConstraints(pattern=r"^[0-9]{1,40}$")]
-    has_uint32: Annotated[int, Field(ge=0, le=1)]
-    uinteger: Annotated[int, Field(ge=0, lt=2**32)]
+    has_uint32: Annotated[int, Strict(), Field(ge=0, le=1)]
+    uinteger: Crc
 
 
 class Header(BaseModel):
+    """The file's third item: the graph, the tensor table, training state and metadata."""
+
     model_config = _STRICT
 
     producer: Annotated[str, StringConstraints(max_length=200)]
@@ -197,14 +213,28 @@ def save(
         tensors.append((p.name, arr))
     opt_state = optimizer.state_dict() if hasattr(optimizer, "state_dict") else optimizer
     slot_tensors: list[tuple[str, str, np.ndarray]] = []
+    declared = {p.name: p.type for p in ir.params}
     if opt_state is not None:
         for slot, arrays in opt_state["slots"].items():
             for name, arr in arrays.items():
-                slot_tensors.append((slot, name, _as_saveable(arr, f"{slot}/{name}")))
+                arr = _as_saveable(arr, f"{slot}/{name}")
+                t = declared.get(name)
+                if t is None or arr.dtype.name != t.dtype or list(arr.shape) != list(t.shape):
+                    raise FormatError(
+                        f"cannot save: optimizer slot '{slot}' of '{name}' is"
+                        f" {arr.dtype}{list(arr.shape)}, "
+                        + (f"the graph declares {t}" if t else "which is not a parameter")
+                    )
+                slot_tensors.append((slot, name, arr))
     _check_plain(dict(metadata or {}), "metadata")
+    for key in metadata or {}:
+        if not 1 <= len(key) <= 200:
+            raise FormatError(f"cannot save: metadata key {key[:50]!r} is not 1 to 200 characters")
+    if step is not None and (type(step) is not int or not 0 <= step <= 2**62):
+        raise FormatError(f"cannot save: step must be an int in 0..2**62, got {step!r}")
 
     arrays = [arr for _, arr in tensors] + [arr for _, _, arr in slot_tensors]
-    crcs = [zlib.crc32(_bytes_of(arr)) for arr in arrays]
+    crcs = _crc32s([_bytes_of(arr) for arr in arrays])
     groups = _group(arrays)
 
     def entry(name: str, i: int, offsets: list[int]) -> dict[str, Any]:
@@ -230,7 +260,7 @@ def save(
             "metadata": dict(metadata or {}),
         }
         if opt_state is not None:
-            slots: dict[str, list[dict]] = {}
+            slots: dict[str, list[dict]] = {slot: [] for slot in opt_state["slots"]}  # even empty
             for i, (slot, name, _) in enumerate(slot_tensors, start=len(tensors)):
                 slots.setdefault(slot, []).append(entry(name, i, offsets))
             header["optimizer"] = {
@@ -246,7 +276,7 @@ def save(
             "header_size": len(body),
             "header_crc32": zlib.crc32(body),
         }
-        top = b"\xdd" + struct.pack(">I", 3 + len(groups))
+        top = b"\xdd" + struct.pack(">I", 4 + len(groups))  # magic, prelude, header, pad
         return top + msgpack.packb(MAGIC) + msgpack.packb(prelude) + body
 
     # Offsets live in the header and depend on its size: iterate to a fixed point.
@@ -316,6 +346,14 @@ def _plan(head_size: int, arrays: list[np.ndarray], groups: list[list[int]]) -> 
 
 def _bytes_of(arr: np.ndarray) -> memoryview:
     return memoryview(arr).cast("B") if arr.size else memoryview(b"")
+
+
+def _crc32s(buffers: Sequence[Any]) -> list[int]:
+    """The CRC-32 of each buffer; of large ones in two threads (zlib releases the GIL)."""
+    if len(buffers) < 2 or sum(len(b) for b in buffers) < _CRC_THREADS_FROM:
+        return [zlib.crc32(b) for b in buffers]
+    with ThreadPoolExecutor(2) as pool:
+        return list(pool.map(zlib.crc32, buffers))
 
 
 def _round_up(n: int, k: int) -> int:
@@ -396,12 +434,20 @@ def _check_plain(value: Any, where: str, depth: int = 0) -> None:
         for k, v in value.items():
             if not isinstance(k, str):
                 raise FormatError(f"{where}: key {k!r} is not a string")
+            _check_plain(k, f"{where} key", depth)
             _check_plain(v, f"{where}.{k}", depth + 1)
     elif isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
             _check_plain(v, f"{where}[{i}]", depth + 1)
     elif not (value is None or isinstance(value, (str, bool, int, float))):
         raise FormatError(f"{where}: {type(value).__name__} is not plain data")
+    elif isinstance(value, str):
+        try:
+            n = len(value.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise FormatError(f"{where}: a string that is not valid UTF-8") from None
+        if n > _MAX_STR:
+            raise FormatError(f"{where}: a string of {n} bytes (at most {_MAX_STR})")
     elif isinstance(value, int) and not -(2**63) <= value < 2**64:
         raise FormatError(f"{where}: integer {value} does not fit 64 bits")
 
@@ -423,36 +469,44 @@ def load(path: str | os.PathLike, *, lazy: bool = False) -> Model:
         field, tensor or byte offset.
     """
     try:
-        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if lazy:
+                buf: Any = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+            else:
+                buf = np.empty(size, np.uint8)  # uninitialised: the read is the one copy
+                if f.readinto(memoryview(buf)) != size:
+                    raise FormatError(f"{os.fspath(path)!r} changed while it was read")
     except OSError as e:
-        raise FormatError(f"cannot read {os.fspath(path)!r}: {e.strerror}") from None
-    with open(path, "rb") as f:
-        if lazy:
-            buf: Any = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
-        else:
-            buf = np.empty(size, np.uint8)  # uninitialised: the read is the one copy
-            if f.readinto(memoryview(buf)) != size:
-                raise FormatError(f"{os.fspath(path)!r} changed while it was read")
+        raise FormatError(f"cannot read {os.fspath(path)!r}: {e.strerror or e}") from None
     return decode(buf, check_crc=not lazy)
 
 
 def decode(buf: Any, *, check_crc: bool = True) -> Model:
-    """A :class:`Model` from a file's bytes (a bytes-like object or a memory map)."""
+    """A :class:`Model` from a file's bytes (a bytes-like object or a memory map).
+
+    The checks run in the order of ``docs/format.md`` ("What a reader checks"): nothing
+    is allocated for a tensor before its size is known to fit inside the file.
+    """
     view = memoryview(buf)
     size = len(view)
     if size < 5 or view[0] != 0xDD:
         raise FormatError("not an rgraph file: it does not start with a msgpack array32 (0xdd)")
     count = struct.unpack(">I", view[1:5])[0]
-    if not 3 <= count <= 3 + 2**16:
-        raise FormatError(f"byte 1: the top-level array has {count} items, expected 4 or more")
+    if not 4 <= count <= 4 + MAX_BLOBS:
+        raise FormatError(
+            f"byte 1: the top-level array has {count} items, expected 4 to {4 + MAX_BLOBS}"
+            " (magic, prelude, header, pad, blobs)"
+        )
     unpacker = _unpacker()
-    unpacker.feed(view[5 : 5 + min(size - 5, 4096)])
+    unpacker.feed(view[5 : 5 + min(size - 5, MAX_PRELUDE)])
     magic = _next(unpacker, "magic", 5)
     if magic != MAGIC:
-        raise FormatError(f"not an rgraph file: magic is {magic!r}, expected {MAGIC!r}")
+        raise FormatError(f"not an rgraph file: magic is {magic!r:.40}, expected {MAGIC!r}")
     prelude_at = 5 + unpacker.tell()
-    prelude = _validate(Prelude, _next(unpacker, "prelude", prelude_at), "prelude")
-    _check_version(prelude)
+    raw_prelude = _next(unpacker, "prelude", prelude_at)
+    _check_version(raw_prelude)  # before the strict schema: a newer prelude may differ
+    prelude = _validate(Prelude, raw_prelude, "prelude")
     head_at = 5 + unpacker.tell()
     head_end = head_at + prelude.header_size
     if head_end > size:
@@ -469,35 +523,49 @@ def decode(buf: Any, *, check_crc: bool = True) -> Model:
     if unpacker.tell() != prelude.header_size:
         raise FormatError(f"byte {head_at}: the header is not exactly one msgpack object")
     header = _validate(Header, raw, "header")
-    blobs = _blob_ranges(view, head_end, count - 3)
+    blobs = _blob_ranges(view, head_end, count - 4)
+    _check_loop_depth(header.graph)
     try:
         verify_graph(header.graph)
     except GraphError as e:
         raise FormatError(f"header.graph: {e}") from None
+    except RecursionError:  # pragma: no cover - bounded by _check_loop_depth
+        raise FormatError("header.graph: nested too deeply") from None
+
+    # Every tensor entry is checked against the graph and the layout before any is read.
     declared = {p.name: p.type for p in header.graph.params}
-    params = {}
+    located: list[tuple[TensorEntry, str]] = []
+    names: set[str] = set()
     for e in header.params:
-        if e.name in params:
+        if e.name in names:
             raise FormatError(f"header.params: tensor '{e.name}' appears twice")
-        t = declared.get(e.name)
-        if t is None:
-            raise FormatError(f"header.params: '{e.name}' is not a parameter of the graph")
-        if e.dtype != t.dtype or list(e.shape) != list(t.shape):
-            raise FormatError(
-                f"header.params: tensor '{e.name}' is {e.dtype}{list(e.shape)}, the graph"
-                f" declares {t}"
-            )
-        params[e.name] = _tensor(view, buf, e, blobs, check_crc, f"param '{e.name}'")
-    missing = declared.keys() - params.keys()
+        names.add(e.name)
+        _check_declared(e, declared, "header.params", f"param '{e.name}'")
+        located.append((e, f"param '{e.name}'"))
+    missing = declared.keys() - names
     if missing:
         raise FormatError(f"header.params: no tensor for parameters {sorted(missing)}")
+    if header.optimizer is not None:
+        for slot, es in header.optimizer.slots.items():
+            names = set()
+            for e in es:
+                what = f"optimizer slot '{slot}' of '{e.name}'"
+                if e.name in names:
+                    raise FormatError(f"header.optimizer.slots: {what} appears twice")
+                names.add(e.name)
+                _check_declared(e, declared, "header.optimizer.slots", what)
+                located.append((e, what))
+    _check_layout(located, blobs)
+    if check_crc:
+        _check_contents(view, located)
+    arrays = [_tensor(buf, e) for e, _ in located]
+
+    params = {e.name: arrays[i] for i, e in enumerate(header.params)}
     optimizer = None
     if header.optimizer is not None:
         o = header.optimizer
-        slots = {
-            slot: {e.name: _tensor(view, buf, e, blobs, check_crc, f"{slot}/{e.name}") for e in es}
-            for slot, es in o.slots.items()
-        }
+        it = iter(arrays[len(header.params) :])
+        slots = {slot: {e.name: next(it) for e in es} for slot, es in o.slots.items()}
         optimizer = {"kind": o.kind, "hyper": dict(o.hyper), "step": o.step, "slots": slots}
     return Model(
         graph=header.graph,
@@ -525,7 +593,7 @@ def _unpacker() -> msgpack.Unpacker:
         if len(out) != len(items):
             seen: set = set()
             dup = next(k for k, _ in items if k in seen or seen.add(k))  # type: ignore[func-returns-value]
-            raise ValueError(f"duplicate map key {dup!r}")
+            raise ValueError(f"duplicate map key {dup!r:.80}")
         return out
 
     def lists(items: list) -> list:
@@ -541,7 +609,19 @@ def _next(unpacker: msgpack.Unpacker, what: str, at: int) -> Any:
     except msgpack.OutOfData:
         raise FormatError(f"byte {at}: the file ends inside the {what}") from None
     except Exception as e:  # msgpack's own errors (limits, ext types, bad bytes, depth)
-        raise FormatError(f"byte {at}: malformed {what}: {type(e).__name__}: {e}") from None
+        raise FormatError(f"byte {at}: malformed {what}: {_explain(e)}") from None
+
+
+def _explain(e: Exception) -> str:
+    """msgpack's error, with the common hostile cases said plainly."""
+    text = str(e)
+    if isinstance(e, msgpack.StackError):
+        return "nested too deeply (msgpack containers over 1024 levels deep)"
+    if "max_ext_len" in text:
+        return f"msgpack ext types are not allowed ({text})"
+    if "max_bin_len" in text:
+        return f"bin (raw bytes) values are not allowed here ({text})"
+    return f"{type(e).__name__}: {text}"
 
 
 def _validate(model: type[BaseModel], data: Any, where: str) -> Any:
@@ -552,18 +632,63 @@ def _validate(model: type[BaseModel], data: Any, where: str) -> Any:
         loc = ".".join(str(p) for p in (where, *err["loc"]))
         more = f" (and {len(e.errors()) - 1} more problems)" if len(e.errors()) > 1 else ""
         raise FormatError(f"{loc}: {err['msg']}{more}") from None
-    except RecursionError:
+    except RecursionError:  # pragma: no cover - msgpack's depth limit comes first
         raise FormatError(f"{where}: nested too deeply") from None
 
 
-def _check_version(p: Prelude) -> None:
-    if tuple(p.min_reader_version) > READER_VERSION or p.format_version[0] > READER_VERSION[0]:
+def _version_of(raw: Any, key: str) -> tuple[int, int]:
+    v = raw.get(key)
+    if isinstance(v, list) and len(v) == 2 and all(type(x) is int and 0 <= x <= 65535 for x in v):
+        return v[0], v[1]
+    raise FormatError(f"prelude.{key}: expected [major, minor] (two ints 0..65535), got {v!r:.80}")
+
+
+def _check_version(raw: Any) -> None:
+    """A reader takes a file iff the majors match and ``min_reader_version`` <= its own."""
+    if not isinstance(raw, dict):
+        raise FormatError(f"prelude: expected a map, got {type(raw).__name__}")
+    fv = _version_of(raw, "format_version")
+    need = _version_of(raw, "min_reader_version")
+    file_v, need_v, ours = (f"{v[0]}.{v[1]}" for v in (fv, need, READER_VERSION))
+    if fv[0] > READER_VERSION[0]:
         raise FormatError(
-            f"this file needs an rgraph reader of format version"
-            f" {p.min_reader_version[0]}.{p.min_reader_version[1]} or newer (it is written in"
-            f" {p.format_version[0]}.{p.format_version[1]}); this reader supports up to"
-            f" {READER_VERSION[0]}.{READER_VERSION[1]}: upgrade rgraph"
+            f"this file is rgraph format {file_v}, a newer major version than this reader's"
+            f" format {ours}: upgrade rgraph to read it"
         )
+    if fv[0] < READER_VERSION[0]:
+        raise FormatError(
+            f"this file is rgraph format {file_v}, an older major version than this reader's"
+            f" format {ours}: read it with an older rgraph and save it again"
+        )
+    if need > READER_VERSION:
+        raise FormatError(
+            f"this file needs an rgraph reader of format {need_v} or newer (it is written in"
+            f" format {file_v}); this reader supports format {ours}: upgrade rgraph"
+        )
+    if need > fv:
+        raise FormatError(
+            f"prelude: min_reader_version {need_v} is newer than the file's format_version {file_v}"
+        )
+
+
+def _check_loop_depth(graph: GraphIR) -> None:
+    """Loop bodies may nest, but not without bound (the compiler recurses into them)."""
+    todo = [(graph, 0)]
+    while todo:
+        g, depth = todo.pop()
+        if depth > MAX_LOOP_DEPTH:
+            raise FormatError(
+                f"header.graph: loop bodies nested deeper than {MAX_LOOP_DEPTH} levels"
+            )
+        todo.extend((body, depth + 1) for node in g.nodes for body in node.bodies.values())
+
+
+def _check_declared(e: TensorEntry, declared: dict[str, Any], where: str, what: str) -> None:
+    t = declared.get(e.name)
+    if t is None:
+        raise FormatError(f"{where}: {what} names no parameter of the graph")
+    if e.dtype != t.dtype or list(e.shape) != list(t.shape):
+        raise FormatError(f"{where}: {what} is {e.dtype}{list(e.shape)}, the graph declares {t}")
 
 
 def _blob_ranges(view: memoryview, pos: int, nblobs: int) -> list[tuple[int, int]]:
@@ -571,7 +696,12 @@ def _blob_ranges(view: memoryview, pos: int, nblobs: int) -> list[tuple[int, int
     ranges = []
     for i in range(nblobs + 1):
         what = "pad" if i == 0 else f"blob {i - 1}"
-        if pos + 5 > len(view) or view[pos] != 0xC6:
+        if pos + 5 > len(view):
+            raise FormatError(
+                f"byte {pos}: the file ends where the {what} should be (the top-level array"
+                f" declares {nblobs} blobs)"
+            )
+        if view[pos] != 0xC6:
             raise FormatError(f"byte {pos}: expected the {what} as a msgpack bin32 (0xc6)")
         length = struct.unpack(">I", view[pos + 1 : pos + 5])[0]
         if pos + 5 + length > len(view):
@@ -584,28 +714,45 @@ def _blob_ranges(view: memoryview, pos: int, nblobs: int) -> list[tuple[int, int
     return ranges
 
 
-def _tensor(
-    view: memoryview,
-    buf: Any,
-    e: TensorEntry,
-    blobs: list[tuple[int, int]],
-    check_crc: bool,
-    what: str,
-) -> np.ndarray:
-    itemsize = np.dtype(e.dtype).itemsize
-    expected = math.prod(e.shape) * itemsize  # Python ints: no overflow
-    if expected != e.nbytes:
-        raise FormatError(
-            f"tensor {what}: shape {list(e.shape)} of {e.dtype} needs {expected} bytes,"
-            f" the header says {e.nbytes}"
-        )
-    if not any(start <= e.offset and e.offset + e.nbytes <= end for start, end in blobs):
-        raise FormatError(
-            f"tensor {what}: bytes {e.offset}..{e.offset + e.nbytes} are not inside a blob"
-        )
-    data = view[e.offset : e.offset + e.nbytes]
-    if check_crc and zlib.crc32(data) != e.crc32:
-        raise FormatError(f"tensor {what}: checksum mismatch at byte {e.offset}: data is corrupt")
+def _check_layout(located: list[tuple[TensorEntry, str]], blobs: list[tuple[int, int]]) -> None:
+    """Sizes agree with shapes, tensors are aligned, inside a blob and do not overlap."""
+    spans = []
+    for e, what in located:
+        itemsize = np.dtype(e.dtype).itemsize
+        expected = math.prod(e.shape) * itemsize  # Python ints: no overflow
+        if expected != e.nbytes:
+            raise FormatError(
+                f"tensor {what}: shape {list(e.shape)} of {e.dtype} needs {expected} bytes,"
+                f" the header says {e.nbytes}"
+            )
+        if e.offset % ALIGN:
+            raise FormatError(f"tensor {what}: offset {e.offset} is not a multiple of {ALIGN}")
+        if not any(start <= e.offset and e.offset + e.nbytes <= end for start, end in blobs):
+            raise FormatError(
+                f"tensor {what}: bytes {e.offset}..{e.offset + e.nbytes} are not inside a blob"
+            )
+        if e.nbytes:
+            spans.append((e.offset, e.offset + e.nbytes, what))
+    spans.sort()
+    for (_, end, a), (start, _, b) in itertools.pairwise(spans):
+        if start < end:
+            raise FormatError(f"tensors {a} and {b} overlap at byte {start}")
+
+
+def _check_contents(view: memoryview, located: list[tuple[TensorEntry, str]]) -> None:
+    """Checksums, then bool bytes, tensor by tensor in table order."""
+    data = [view[e.offset : e.offset + e.nbytes] for e, _ in located]
+    for (e, what), d, crc in zip(located, data, _crc32s(data)):
+        if crc != e.crc32:
+            raise FormatError(
+                f"tensor {what}: checksum mismatch at byte {e.offset}: data is corrupt"
+            )
+        if e.dtype == "bool" and e.nbytes and np.frombuffer(d, np.uint8).max() > 1:
+            raise FormatError(f"tensor {what}: a bool byte is neither 0 nor 1")
+
+
+def _tensor(buf: Any, e: TensorEntry) -> np.ndarray:
+    """A tensor as a view into the file's bytes (already checked by :func:`_check_layout`)."""
     dtype = np.dtype(e.dtype).newbyteorder("<")
     arr = np.frombuffer(buf, dtype=dtype, count=math.prod(e.shape), offset=e.offset)
     return arr.reshape(e.shape)

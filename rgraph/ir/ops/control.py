@@ -13,7 +13,13 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from rgraph.errors import ArityError, ExecutionError, NotDifferentiableError, ShapeError
+from rgraph.errors import (
+    ArityError,
+    ExecutionError,
+    NotDifferentiableError,
+    ShapeError,
+    UndefinedValueError,
+)
 from rgraph.ir import dims
 from rgraph.ir.graph import GraphIR, Node, Var
 from rgraph.ir.op import Attrs, Op, register
@@ -71,6 +77,9 @@ class Scan(Op):
         if body.params:
             raise ShapeError("a scan body has no params: pass them in as inputs")
         types = body.types()
+        undefined = [name for name in body.outputs if name not in types]
+        if undefined:  # (a body given as data; the verifier reports it for the body too)
+            raise UndefinedValueError(f"scan body outputs {undefined} are not defined in it")
         steps = _steps_dim(ins, a)
         for i, (outer, inner) in enumerate(zip(ins, body.inputs)):
             want = outer.with_shape(outer.shape[1:]) if nc <= i < nc + nx else outer
