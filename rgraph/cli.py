@@ -110,6 +110,23 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Command] = {
+    "train": Command(
+        help="train the character-level language model (the RecurrentJS demo)",
+        description=(
+            "Train a character-level language model on sentences (one per line; the "
+            "built-in corpus by default), reporting perplexity and samples as it goes and "
+            "checkpointing atomically to --out. Ctrl-C saves and stops (exit status 130); "
+            "--resume continues exactly where a saved run stopped."
+        ),
+        arguments=lambda p: _char_cli().train_arguments(p),
+        run=lambda args: _char_cli().run_train(args),
+    ),
+    "sample": Command(
+        help="generate text from a trained character model file",
+        description="Generate sentences from a character model file alone.",
+        arguments=lambda p: _char_cli().sample_arguments(p),
+        run=lambda args: _char_cli().run_sample(args),
+    ),
     "convert": Command(
         help="convert a model between RecurrentJS JSON (.json) and rgraph (.rgraph)",
         description=(
@@ -123,18 +140,31 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+def _char_cli() -> Any:
+    from rgraph import charlm_cli
+
+    return charlm_cli
+
+
 # --- the command line -------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line, exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="rgraph",
         description="rgraph: a define-then-run graph compiler for recurrent networks.",
         epilog="Define graphs in Python with rgraph.Graph; see README.md for a quick start. "
         "Exit status: 0 success, 1 output not written, 2 bad usage or input.",
     )
     p.add_argument("--version", action="version", version=f"rgraph {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, cmd in COMMANDS.items():
         cp = sub.add_parser(name, help=cmd.help, description=cmd.description or cmd.help)
         cmd.arguments(cp)
