@@ -19,6 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import rgraph as rg
+from rgraph.charlm import CharModel
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 RTOL = 1e-12
 
@@ -472,3 +475,19 @@ def test_grammar_checker_accepts_a_nested_body():
 def test_grammar_checker_rejects_what_the_printer_never_writes(what):
     with pytest.raises((AssertionError, IndexError)):
         check_text_form(BAD_TEXT[what])
+
+
+def test_char_rnn_script_trains_reports_and_saves_a_samplable_model(tmp_path, monkeypatch):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat.\n\na dog ran.\nbirds sing.\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["char_rnn.py", str(corpus), "20"])
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        runpy.run_path(str(EXAMPLES / "char_rnn.py"), run_name="__main__")
+    text = out.getvalue()
+    assert "step 20: train perplexity" in text and "argmax:" in text
+    model = rg.load(tmp_path / "char_rnn.rgraph")
+    letters = sorted(set("the cat sat.a dog ran.birds sing."))
+    assert model.step == 20 and model.metadata["vocab"] == letters
+    assert CharModel.from_file(model).vocab.size == len(letters) + 1
