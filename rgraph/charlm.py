@@ -10,8 +10,11 @@ these pieces.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -410,11 +413,13 @@ def resume(file: Model, sentences: Sequence[str]) -> Session:
     )
 
 
-def batches(sentences: Sequence[str], vocab: Vocabulary, size: int) -> Iterator[dict]:
+def batches(
+    sentences: Sequence[str], vocab: Vocabulary, size: int, dtype: str = "float64"
+) -> Iterator[dict]:
     """Padded batches of consecutive sentences, sorted by length to waste little padding."""
     ordered = sorted(sentences, key=len)
     for i in range(0, len(ordered), size):
-        yield pad_sequences([vocab.encode(s) for s in ordered[i : i + size]])
+        yield pad_sequences([vocab.encode(s) for s in ordered[i : i + size]], dtype=dtype)
 
 
 def train(
@@ -456,11 +461,18 @@ def train(
         return seconds is not None and time.perf_counter() - began >= seconds
 
     while not done():
+        rng_state = session.rng.bit_generator.state
         picked = session.rng.integers(0, len(encoded), size=config.batch_size)
         feeds = pad_sequences([encoded[i] for i in picked], dtype=config.dtype)
-        step_report = trainer.step(feeds)
-        session.step = trainer.step_count
-        session.seconds = offset + time.perf_counter() - began
+        try:
+            with _ctrl_c_after_the_step():
+                step_report = trainer.step(feeds)
+                session.step = trainer.step_count
+                session.seconds = offset + time.perf_counter() - began
+        except BaseException:
+            if session.step != trainer.step_count:  # the step did not happen, nor its draw
+                session.rng.bit_generator.state = rng_state
+            raise
         window_nll += step_report.nll
         window_count += step_report.count
         window_chars += int(step_report.count)
@@ -486,6 +498,23 @@ def train(
     return session
 
 
+@contextlib.contextmanager
+def _ctrl_c_after_the_step() -> Iterator[None]:
+    """Hold a Ctrl-C that arrives during a step (its update is half done) until the step
+    has finished, so an interrupted session is always at a step boundary."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
 def evaluate(session: Session, sentences: Sequence[str]) -> float | None:
     """Perplexity of the model on ``sentences`` (None when there are none)."""
     if not sentences:
@@ -493,7 +522,7 @@ def evaluate(session: Session, sentences: Sequence[str]) -> float | None:
     model = session.model
     graph = build_graph(model.config, model.vocab)
     trainer = Trainer(graph, session.optimizer, params=model.params)
-    return perplexity(*trainer.evaluate(batches(sentences, model.vocab, 64)))
+    return perplexity(*trainer.evaluate(batches(sentences, model.vocab, 64, model.config.dtype)))
 
 
 def _report(session, sampler, nll, count, cps, samples, temperature) -> Report:

@@ -56,6 +56,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -83,7 +93,7 @@ def train_arguments(p: argparse.ArgumentParser) -> None:
     length.add_argument("--seconds", type=_positive_float, help=f"default {DEFAULT_SECONDS:g}")
     length.add_argument("--epochs", type=_positive_float, help="passes over the training part")
     length.add_argument("--steps", type=_positive_int, help="total number of training steps")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=_seed, default=d.seed)
     p.add_argument("--dtype", choices=["float32", "float64"], default=d.dtype)
     p.add_argument("--out", default="model.rgraph", help="checkpoint file (default model.rgraph)")
     p.add_argument("--resume", metavar="MODEL", help="continue the training saved in MODEL")
@@ -95,6 +105,7 @@ def train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    _check_out(args.out)
     sentences = read_corpus(args.corpus)
     if args.resume:
         session = resume(_load(args.resume), sentences)
@@ -112,6 +123,11 @@ def run_train(args: argparse.Namespace) -> int:
         )
         session = start(config, sentences)
     steps, seconds = _length(args, session)
+    if steps is not None and steps <= session.step:
+        raise CharModelError(
+            f"{args.resume!r} is already at step {session.step} and --steps/--epochs count"
+            f" all steps: ask for more than {session.step} (got {steps})"
+        )
     out = _Output(args, session)
     try:
         train(
@@ -123,17 +139,35 @@ def run_train(args: argparse.Namespace) -> int:
             temperature=args.temperature,
             on_report=out.report,
             on_step=out.step,
-            checkpoint=lambda s: s.save(args.out),
+            checkpoint=lambda s: _save(s, args.out),
         )
     except KeyboardInterrupt:
         out.close()
-        session.save(args.out)
+        _save(session, args.out)
         print(f"interrupted at step {session.step}; saved to {args.out}", file=sys.stderr)
         return EXIT_INTERRUPTED
     out.close()
     if args.plot:
         _plot(session, args.plot)
     return 0
+
+
+def _check_out(path: str) -> None:
+    """Fail before training, not at the first checkpoint, when --out cannot be a file."""
+    if os.path.isdir(path):
+        raise CharModelError(f"--out {path!r} is a folder: give a file name such as model.rgraph")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise CharModelError(f"cannot write {path!r}: folder {folder!r} does not exist")
+
+
+def _save(session: Session, path: str) -> None:
+    try:
+        session.save(path)
+    except OSError as e:
+        from rgraph.cli import EXIT_FAILED, _Failure
+
+        raise _Failure(f"cannot write {path!r}: {e.strerror or e}", EXIT_FAILED) from None
 
 
 def _load(path: str) -> Any:
@@ -260,7 +294,7 @@ def sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--argmax", action="store_true", help="always the most likely character")
     p.add_argument("--prime", default="", metavar="TEXT", help="text the samples start with")
     p.add_argument("--max-chars", type=_positive_int, default=100)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=_seed, default=None)
 
 
 def run_sample(args: argparse.Namespace) -> int:
