@@ -464,13 +464,14 @@ def train(
         rng_state = session.rng.bit_generator.state
         picked = session.rng.integers(0, len(encoded), size=config.batch_size)
         feeds = pad_sequences([encoded[i] for i in picked], dtype=config.dtype)
+        before = trainer.step_count
         try:
             with _ctrl_c_after_the_step():
                 step_report = trainer.step(feeds)
                 session.step = trainer.step_count
                 session.seconds = offset + time.perf_counter() - began
         except BaseException:
-            if session.step != trainer.step_count:  # the step did not happen, nor its draw
+            if trainer.step_count == before:  # the step did not happen, nor did its draw
                 session.rng.bit_generator.state = rng_state
             raise
         window_nll += step_report.nll
