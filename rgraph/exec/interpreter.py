@@ -7,7 +7,6 @@ prepared steps depend on the sizes of symbolic dims, so they are cached per bind
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -59,6 +58,7 @@ class Interpreter:
         self.params = [p for p in graph.params if p.name in used]
         self._last_use = self._plan_frees()
         self._prepared: dict[tuple, list[Step]] = {}
+        self._flat: dict[tuple, FlatSchedule | None] = {}
 
     def _plan_frees(self) -> list[tuple[int, ...]]:
         keep = {self.slot[n] for n in self.graph.outputs}
@@ -180,9 +180,32 @@ class Interpreter:
         for slot, arr in self.consts:
             values[slot] = arr
         nodes = self.graph.nodes
-        # In debug mode non-finite values are reported as errors, not numpy warnings.
-        with np.errstate(all="ignore") if self.check_finite else contextlib.nullcontext():
+        if self.check_finite:
+            # In debug mode non-finite values are reported as errors, not numpy warnings.
+            with np.errstate(all="ignore"):
+                self._run_steps(values, steps, nodes)
+            return
+        flat = self._flat_schedule(steps)
+        if flat is None:
             self._run_steps(values, steps, nodes)
+            return
+        try:
+            flat.run(values)
+        except Exception as e:
+            index, args = flat.locate(e)
+            if index is None:
+                raise
+            node = nodes[index]
+            if isinstance(e, ExecutionError):  # from a nested body: say which node holds it
+                raise type(e)(f"in {_describe(node)}: {e}") from e
+            raise _execution_error(node, args, e) from e
+
+    def _flat_schedule(self, steps: list[Step]) -> FlatSchedule | None:
+        key = id(steps)
+        if key not in self._flat:
+            fits = len(steps) <= FlatSchedule.MAX_NODES
+            self._flat[key] = FlatSchedule(steps) if fits else None
+        return self._flat[key]
 
     def _run_steps(self, values: list[Any], steps: list[Step], nodes: tuple[Node, ...]) -> None:
         for step in steps:
@@ -276,3 +299,59 @@ def _execution_error(node: Node, args: list[Any], e: Exception) -> ExecutionErro
     return ExecutionError(
         f"while executing {_describe(node)} with inputs ({ins}): {type(e).__name__}: {e}"
     )
+
+
+class FlatSchedule:
+    """A prepared schedule compiled to one straight-line Python function.
+
+    Each node becomes one line, ``v7 = k3(v2, v5)``, its values plain local variables and
+    ``del`` ending each value's life after its last use: the interpreter's per-node cost
+    is a call and a few local stores, which matters in loop bodies run once per step.
+    Graphs above ``MAX_NODES`` use the plain loop (compiling the source would cost more
+    than it saves).
+    """
+
+    MAX_NODES = 20_000
+
+    def __init__(self, steps: list[Step]):
+        self.steps = steps
+        kernels = {f"k{i}": step.kernel for i, step in enumerate(steps)}
+        used = {i for st in steps for i in st.inputs} | {o for st in steps for o in st.outputs}
+        lines = ["def run(values):"]
+        # Slots fed from outside (inputs, params, consts) are read once at the start.
+        produced = {o for st in steps for o in st.outputs}
+        lines += [f"    v{i} = values[{i}]" for i in sorted(used - produced)]
+        self.first_line = len(lines) + 1
+        for i, st in enumerate(steps):
+            args = ", ".join(f"v{j}" for j in st.inputs)
+            outs = ", ".join(f"v{j}" for j in st.outputs)
+            call = f"k{i}({args})"
+            line = f"    {outs}, = {call}" if len(st.outputs) > 1 else f"    {outs} = {call}"
+            if st.free:
+                line += "; del " + ", ".join(f"v{f}" for f in st.free)
+            lines.append(line)
+        # Values still alive at the end (the outputs) go back into the slots.
+        alive = set(used)
+        for st in steps:
+            alive -= set(st.free)
+        lines += [f"    values[{i}] = v{i}" for i in sorted(alive)]
+        if len(lines) == self.first_line - 1:
+            lines.append("    pass")
+        code = compile("\n".join(lines), "<rgraph schedule>", "exec")
+        namespace: dict[str, Any] = dict(kernels)
+        exec(code, namespace)
+        self.run = namespace["run"]
+        self.code = self.run.__code__
+
+    def locate(self, error: BaseException) -> tuple[int | None, list[Any]]:
+        """The index of the node that raised ``error``, and the arrays it was given."""
+        tb = error.__traceback__
+        while tb is not None and tb.tb_frame.f_code is not self.code:
+            tb = tb.tb_next
+        if tb is None:
+            return None, []
+        index = tb.tb_lineno - self.first_line
+        if not 0 <= index < len(self.steps):
+            return None, []
+        local = tb.tb_frame.f_locals
+        return index, [local.get(f"v{j}") for j in self.steps[index].inputs]
