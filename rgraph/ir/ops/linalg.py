@@ -42,12 +42,14 @@ class Matmul(Op):
         return [make_type(dtype, (*batch, m, n))]
 
     def kernel(self, a, ctx):
-        ta, tb = a.transpose_a, a.transpose_b
-        if not ta and not tb:
-            return np.matmul
-        return lambda x, y: np.matmul(
-            np.swapaxes(x, -1, -2) if ta else x, np.swapaxes(y, -1, -2) if tb else y
-        )
+        matmul = np.matmul
+        if a.transpose_a and a.transpose_b:
+            return lambda x, y: matmul(x.swapaxes(-1, -2), y.swapaxes(-1, -2))
+        if a.transpose_a:
+            return lambda x, y: matmul(x.swapaxes(-1, -2), y)
+        if a.transpose_b:
+            return lambda x, y: matmul(x, y.swapaxes(-1, -2))
+        return matmul
 
     def vjp(self, g, a, ins, outs, cts):
         x, y = ins

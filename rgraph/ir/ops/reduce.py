@@ -55,7 +55,8 @@ class Sum(Reduce):
     name = "sum"
 
     def kernel(self, a, ctx):
-        return lambda x: np.sum(x, axis=a.axes, keepdims=a.keepdims)
+        axes, keepdims = a.axes, a.keepdims
+        return lambda x: x.sum(axis=axes, keepdims=keepdims)
 
     def vjp(self, g, a, ins, outs, cts):
         return [self._spread(g, a, ins[0], cts[0])]
@@ -68,7 +69,8 @@ class Mean(Reduce):
     name = "mean"
 
     def kernel(self, a, ctx):
-        return lambda x: np.mean(x, axis=a.axes, keepdims=a.keepdims)
+        axes, keepdims = a.axes, a.keepdims
+        return lambda x: x.mean(axis=axes, keepdims=keepdims)
 
     def vjp(self, g, a, ins, outs, cts):
         x = ins[0]
@@ -118,7 +120,15 @@ class ExpandDims(Op):
         return [like(x, tuple(1 if i in axes else next(dims) for i in range(rank)))]
 
     def kernel(self, a, ctx):
-        return lambda x: np.expand_dims(x, a.axes)
+        axes = sorted(a.axes)
+
+        def expand(x):
+            rank = x.ndim + len(axes)
+            where = {ax % rank for ax in axes}
+            dims = iter(x.shape)
+            return x.reshape([1 if i in where else next(dims) for i in range(rank)])
+
+        return expand
 
     def vjp(self, g, a, ins, outs, cts):
         return [g.reshape(cts[0], shape=list(ins[0].shape))]
