@@ -352,8 +352,11 @@ def _crc32s(buffers: Sequence[Any]) -> list[int]:
     """The CRC-32 of each buffer; of large ones in two threads (zlib releases the GIL)."""
     if len(buffers) < 2 or sum(len(b) for b in buffers) < _CRC_THREADS_FROM:
         return [zlib.crc32(b) for b in buffers]
-    with ThreadPoolExecutor(2) as pool:
-        return list(pool.map(zlib.crc32, buffers))
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            return list(pool.map(zlib.crc32, buffers))
+    except RuntimeError:  # no new threads at interpreter shutdown (a save in an atexit hook)
+        return [zlib.crc32(b) for b in buffers]
 
 
 def _round_up(n: int, k: int) -> int:
