@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from rgraph.errors import ArityError, BadAttributeError, DTypeError, ShapeError, UnknownOpError
 from rgraph.ir import dims
+from rgraph.ir.cost import Cost, elements, nbytes
 from rgraph.ir.types import FLOAT_DTYPES, TensorType, make_type
 
 if TYPE_CHECKING:
@@ -58,6 +59,8 @@ class Op:
     input_names: ClassVar[tuple[str, ...]] = ()
     # Attrs fields holding nested graphs; the IR keeps them in ``Node.bodies``.
     body_names: ClassVar[tuple[str, ...]] = ()
+    # FLOPs per output element of the default cost: 0 for ops that only move data.
+    flops_per_element: ClassVar[int] = 1
 
     def infer(self, ins: Sequence[TensorType], a: Any) -> list[TensorType]:
         """Output types from input types; raise ShapeError or DTypeError."""
@@ -69,6 +72,12 @@ class Op:
         It returns one array for a single-output op, else a tuple of arrays.
         """
         raise NotImplementedError
+
+    def cost(self, ins: Sequence[TensorType], outs: Sequence[TensorType], a: Any) -> Cost:
+        """Estimated FLOPs and bytes produced by one application, as polynomials of the
+        symbolic dims (:mod:`rgraph.ir.cost`). Default: ``flops_per_element`` FLOPs per
+        output element, and the outputs' bytes."""
+        return Cost(elements(outs) * self.flops_per_element, nbytes(outs))
 
     def vjp(
         self,
@@ -97,6 +106,16 @@ class Op:
         ins = [g.value(name) for name in node.inputs]
         outs = [g.value(o.name) for o in node.outputs]
         return self.vjp(g, self.node_attrs(node), ins, outs, cts)
+
+    def batched_attrs(
+        self, a: Any, ins: Sequence[TensorType], stacked: Sequence[bool], steps: dims.Dim
+    ) -> dict[str, Any] | None:
+        """Attrs that apply this op to inputs given a new leading axis (of size ``steps``)
+        where ``stacked``, so that every output gets that axis too; None if it cannot.
+
+        ``ins`` are the per-step input types. Used to move per-step work out of loops.
+        """
+        return None
 
     @property
     def differentiable(self) -> bool:
@@ -259,3 +278,17 @@ def _fmt(shape: tuple[dims.Dim, ...]) -> str:
 
 def like(t: TensorType, shape: tuple[dims.Dim, ...] | None = None, dtype: str | None = None):
     return make_type(dtype or t.dtype, t.shape if shape is None else shape)
+
+
+def batches_elementwise(ins: Sequence[TensorType], stacked: Sequence[bool]) -> bool:
+    """Whether numpy broadcasting still lines up once stacked inputs gain a leading axis:
+    every stacked input has the full rank, the others no more than that."""
+    rank = max(t.rank for t in ins)
+    return any(stacked) and all(
+        t.rank == rank if s else t.rank <= rank for t, s in zip(ins, stacked)
+    )
+
+
+def shift_axis(axis: int) -> int:
+    """An axis of a per-step value, as an axis of the stacked value."""
+    return axis + 1 if axis >= 0 else axis

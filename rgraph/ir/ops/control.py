@@ -21,6 +21,7 @@ from rgraph.errors import (
     UndefinedValueError,
 )
 from rgraph.ir import dims
+from rgraph.ir.cost import Cost, Poly, graph_cost, nbytes
 from rgraph.ir.graph import GraphIR, Node, Var
 from rgraph.ir.op import Attrs, Op, register
 from rgraph.ir.types import Dim, TensorType
@@ -96,6 +97,11 @@ class Scan(Op):
                 )
         ys = [types[name] for name in body.outputs[nc:]]
         return [*ins[:nc], *(t.with_shape((steps, *t.shape)) for t in ys)]
+
+    def cost(self, ins, outs, a):
+        """The body's cost once per step, and the stacked ``ys``."""
+        steps = Poly.of_dim(_steps_dim(list(ins), a))
+        return graph_cost(a.body) * steps + Cost(Poly(), nbytes(outs[a.num_carry :]))
 
     def kernel(self, a, ctx):
         from rgraph.exec.interpreter import Interpreter

@@ -14,13 +14,29 @@ import numpy as np
 from pydantic import Field
 
 from rgraph.errors import DTypeError
-from rgraph.ir.op import Attrs, KernelContext, Op, broadcast_shapes, like, register, same_dtype
+from rgraph.ir.op import (
+    Attrs,
+    KernelContext,
+    Op,
+    batches_elementwise,
+    broadcast_shapes,
+    like,
+    register,
+    same_dtype,
+)
 from rgraph.ir.types import DType, TensorType, make_type
 
 NUMERIC = ("float32", "float64", "int32", "int64")
 
 
-class Binary(Op):
+class Elementwise(Op):
+    """Ops applied element by element: they batch whenever broadcasting lines up."""
+
+    def batched_attrs(self, a, ins, stacked, steps):
+        return self.dump_attrs(a) if batches_elementwise(ins, stacked) else None
+
+
+class Binary(Elementwise):
     """``out = fn(a, b)`` elementwise, broadcasting; inputs share one dtype."""
 
     arity = (2, 2)
@@ -52,7 +68,7 @@ class Binary(Op):
         return [rule(x, y, out, cts[0]) if need else None for rule, need in zip(rules, needs)]
 
 
-class Unary(Op):
+class Unary(Elementwise):
     """``out = fn(x)`` elementwise."""
 
     fn: ClassVar[Callable[..., Any]]
@@ -106,7 +122,7 @@ binary(
 )
 
 unary("neg", np.negative, lambda x, out, g: -g, dtypes=NUMERIC)
-unary("identity", lambda x: x, lambda x, out, g: g, dtypes=(*NUMERIC, "bool"))
+unary("identity", lambda x: x, lambda x, out, g: g, dtypes=(*NUMERIC, "bool"), flops_per_element=0)
 unary("exp", np.exp, lambda x, out, g: g * out)
 unary("log", np.log, lambda x, out, g: g / x)
 unary("tanh", np.tanh, lambda x, out, g: g * (1.0 - out * out))
@@ -121,7 +137,7 @@ class CastAttrs(Attrs):
 
 
 @register
-class Cast(Op):
+class Cast(Elementwise):
     """Convert to another dtype (rgraph never converts implicitly)."""
 
     name = "cast"
@@ -145,10 +161,11 @@ class FullLikeAttrs(Attrs):
 
 
 @register
-class FullLike(Op):
+class FullLike(Elementwise):
     """A tensor of ``x``'s type filled with ``value`` (seeds and zero gradients)."""
 
     name = "full_like"
+    flops_per_element = 0  # fills memory only
     Attrs = FullLikeAttrs
 
     def infer(self, ins, a):

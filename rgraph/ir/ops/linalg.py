@@ -5,7 +5,16 @@ from __future__ import annotations
 import numpy as np
 
 from rgraph.errors import ShapeError
-from rgraph.ir.op import Attrs, Op, broadcast_shapes, register, require_float, same_dtype
+from rgraph.ir.cost import Cost, Poly, elements, nbytes
+from rgraph.ir.op import (
+    Attrs,
+    Op,
+    batches_elementwise,
+    broadcast_shapes,
+    register,
+    require_float,
+    same_dtype,
+)
 from rgraph.ir.types import make_type
 
 
@@ -50,6 +59,14 @@ class Matmul(Op):
         if a.transpose_b:
             return lambda x, y: matmul(x, y.swapaxes(-1, -2))
         return matmul
+
+    def batched_attrs(self, a, ins, stacked, steps):
+        return self.dump_attrs(a) if batches_elementwise(ins, stacked) else None
+
+    def cost(self, ins, outs, a):
+        x = ins[0]
+        k = x.shape[-2] if a.transpose_a else x.shape[-1]
+        return Cost(elements(outs) * Poly.of_dim(k) * 2, nbytes(outs))  # 2*m*n*k per batch
 
     def vjp(self, g, a, ins, outs, cts):
         x, y = ins

@@ -7,6 +7,7 @@ from typing import Literal
 import numpy as np
 
 from rgraph.errors import ShapeError
+from rgraph.ir.cost import Cost, elements, nbytes
 from rgraph.ir.op import (
     Attrs,
     Op,
@@ -16,6 +17,7 @@ from rgraph.ir.op import (
     require_float,
     require_int,
     same_dtype,
+    shift_axis,
 )
 from rgraph.ir.types import make_type
 
@@ -49,6 +51,9 @@ class RowPluck(Op):
 
         return pluck
 
+    def batched_attrs(self, a, ins, stacked, steps):
+        return {} if stacked == [False, True] else None
+
     def vjp(self, g, a, ins, outs, cts):
         return [g.row_pluck_grad(cts[0], ins[1], ins[0]), None]
 
@@ -67,6 +72,9 @@ class RowPluckGrad(Op):
         if upd.shape != (*idx.shape, table.shape[1]):
             raise ShapeError(f"updates {upd} do not match indices {idx} and table {table}")
         return [table]
+
+    def cost(self, ins, outs, a):
+        return Cost(elements(ins[:1]), nbytes(outs))  # one add per element of the updates
 
     def kernel(self, a, ctx):
         def scatter(upd, idx, table):
@@ -96,11 +104,15 @@ def _log_softmax(x, axis):
 
 class SoftmaxFamily(Op):
     Attrs = SoftmaxAttrs
+    flops_per_element = 5  # max, subtract, exp, sum, divide (or log and subtract)
 
     def infer(self, ins, a):
         require_float(ins[0], f"{self.name} input")
         normalize_axis(a.axis, ins[0].rank)
         return [ins[0]]
+
+    def batched_attrs(self, a, ins, stacked, steps):
+        return {"axis": shift_axis(a.axis)}
 
 
 @register
@@ -185,6 +197,13 @@ class SoftmaxCrossEntropy(Op):
         _check_ce(ins[0], ins[1], ins[2] if len(ins) > 2 else None)
         return [like(ins[0], () if a.reduction != "none" else ins[1].shape)]
 
+    def cost(self, ins, outs, a):
+        # log_softmax (5 per logit), then pick, weight and sum (3 per position)
+        return Cost(elements(ins[:1]) * 5 + elements(ins[1:2]) * 3, nbytes(outs))
+
+    def batched_attrs(self, a, ins, stacked, steps):
+        return {"reduction": "none"} if a.reduction == "none" and all(stacked) else None
+
     def kernel(self, a, ctx):
         def loss(logits, targets, mask=None):
             nll, _ = _ce_positions(logits, targets)
@@ -214,6 +233,10 @@ class SoftmaxCrossEntropyGrad(Op):
         if ct.shape != want or ct.dtype != logits.dtype:
             raise ShapeError(f"cotangent {ct} must be {like(logits, want)}")
         return [logits]
+
+    def cost(self, ins, outs, a):
+        # log_softmax, exp and scale (7 per logit), weights (2 per position)
+        return Cost(elements(ins[:1]) * 7 + elements(ins[1:2]) * 2, nbytes(outs))
 
     def kernel(self, a, ctx):
         def grad(logits, targets, ct, mask=None):

@@ -9,7 +9,17 @@ from pydantic import Field
 
 from rgraph.errors import ShapeError
 from rgraph.ir import dims
-from rgraph.ir.op import Attrs, Op, broadcast_shapes, like, normalize_axis, register, require_float
+from rgraph.ir.cost import Cost, elements, nbytes
+from rgraph.ir.op import (
+    Attrs,
+    Op,
+    broadcast_shapes,
+    like,
+    normalize_axis,
+    register,
+    require_float,
+    shift_axis,
+)
 from rgraph.ir.types import Dim, DType, make_type
 
 
@@ -40,6 +50,14 @@ class Reduce(Op):
         x = ins[0]
         require_float(x, f"{self.name} input")
         return [like(x, _reduced_shape(x.shape, _axes(a, x.rank), a.keepdims))]
+
+    def cost(self, ins, outs, a):
+        return Cost(elements(ins[:1]), nbytes(outs))  # one FLOP per input element
+
+    def batched_attrs(self, a, ins, stacked, steps):
+        if a.axes is None:
+            return None
+        return {"axes": [shift_axis(ax) for ax in a.axes], "keepdims": a.keepdims}
 
     def _spread(self, g, a, x, ct):
         """``ct`` broadcast back over the reduced axes of ``x``."""
@@ -82,6 +100,7 @@ class Numel(Op):
     """The number of elements over ``axes`` of ``x``, as a scalar of ``x``'s dtype."""
 
     name = "numel"
+    flops_per_element = 0  # reads shapes only
     Attrs = ReduceAttrs
 
     def infer(self, ins, a):
@@ -108,6 +127,7 @@ class ExpandDims(Op):
     """Insert axes of size 1 at ``axes`` (positions in the output)."""
 
     name = "expand_dims"
+    flops_per_element = 0  # moves data only
     Attrs = ExpandDimsAttrs
 
     def infer(self, ins, a):
@@ -130,6 +150,9 @@ class ExpandDims(Op):
 
         return expand
 
+    def batched_attrs(self, a, ins, stacked, steps):
+        return {"axes": [shift_axis(ax) for ax in a.axes]}
+
     def vjp(self, g, a, ins, outs, cts):
         return [g.reshape(cts[0], shape=list(ins[0].shape))]
 
@@ -139,6 +162,7 @@ class BroadcastLike(Op):
     """``x`` broadcast (numpy rules) to the shape of ``ref``."""
 
     name = "broadcast_like"
+    flops_per_element = 0  # moves data only
     arity = (2, 2)
 
     def infer(self, ins, a):
@@ -149,6 +173,10 @@ class BroadcastLike(Op):
 
     def kernel(self, a, ctx):
         return lambda x, ref: np.array(np.broadcast_to(x, ref.shape))
+
+    def batched_attrs(self, a, ins, stacked, steps):
+        ok = stacked[1] and (ins[0].rank == ins[1].rank if stacked[0] else True)
+        return {} if ok else None
 
     def vjp(self, g, a, ins, outs, cts):
         return [cts[0], None]
@@ -165,6 +193,7 @@ class Full(Op):
     """A tensor of ``shape`` (symbolic dims allowed) filled with ``value`` (initial states)."""
 
     name = "full"
+    flops_per_element = 0  # fills memory only
     arity = (0, 0)
     Attrs = FullAttrs
 

@@ -7,7 +7,7 @@ from pydantic import Field
 
 from rgraph.errors import ShapeError
 from rgraph.ir import dims
-from rgraph.ir.op import Attrs, Op, like, normalize_axis, register, same_dtype
+from rgraph.ir.op import Attrs, Op, like, normalize_axis, register, same_dtype, shift_axis
 from rgraph.ir.types import Dim
 
 
@@ -24,6 +24,7 @@ class Reshape(Op):
     """Same elements, new shape; dims may be symbolic (``["T*B", 20]``), one may be -1."""
 
     name = "reshape"
+    flops_per_element = 0  # moves data only
     Attrs = ReshapeAttrs
 
     def infer(self, ins, a):
@@ -51,6 +52,9 @@ class Reshape(Op):
         shape = _resolve(a.shape, ctx.dims)
         return lambda x: x.reshape(shape)
 
+    def batched_attrs(self, a, ins, stacked, steps):
+        return {"shape": [steps, *a.shape]}
+
     def vjp(self, g, a, ins, outs, cts):
         return [g.reshape(cts[0], shape=list(ins[0].shape))]
 
@@ -71,6 +75,7 @@ class Transpose(Op):
     """Permute axes (``perm``; reversed when omitted)."""
 
     name = "transpose"
+    flops_per_element = 0  # moves data only
     Attrs = TransposeAttrs
 
     def infer(self, ins, a):
@@ -79,6 +84,9 @@ class Transpose(Op):
 
     def kernel(self, a, ctx):
         return lambda x: np.transpose(x, a.perm)
+
+    def batched_attrs(self, a, ins, stacked, steps):
+        return {"perm": [0, *(p + 1 for p in _perm(a, ins[0].rank))]}
 
     def vjp(self, g, a, ins, outs, cts):
         perm = _perm(a, ins[0].ndim)
@@ -103,6 +111,7 @@ class Concat(Op):
     """Join inputs along ``axis``; all other dims must agree."""
 
     name = "concat"
+    flops_per_element = 0  # moves data only
     arity = (1, None)
     Attrs = AxisAttrs
 
@@ -123,6 +132,9 @@ class Concat(Op):
     def kernel(self, a, ctx):
         return lambda *xs: np.concatenate(xs, axis=a.axis)
 
+    def batched_attrs(self, a, ins, stacked, steps):
+        return {"axis": shift_axis(a.axis)} if all(stacked) else None
+
     def vjp(self, g, a, ins, outs, cts):
         if len(ins) == 1:
             return [cts[0]]
@@ -140,6 +152,7 @@ class Split(Op):
     """Cut ``x`` along ``axis`` into pieces of ``sizes`` (one output per size)."""
 
     name = "split"
+    flops_per_element = 0  # moves data only
     Attrs = SplitAttrs
 
     def infer(self, ins, a):
@@ -155,6 +168,9 @@ class Split(Op):
             shape[axis] = size
             outs.append(like(x, tuple(shape)))
         return outs
+
+    def batched_attrs(self, a, ins, stacked, steps):
+        return {"axis": shift_axis(a.axis), "sizes": list(a.sizes)}
 
     def kernel(self, a, ctx):
         cuts = np.cumsum(_resolve(a.sizes, ctx.dims))[:-1].tolist()
@@ -205,10 +221,14 @@ class Slice(Op):
     """``x[start:stop:step]`` along ``axis`` (step >= 1)."""
 
     name = "slice"
+    flops_per_element = 0  # moves data only
     Attrs = SliceAttrs
 
     def infer(self, ins, a):
         return [_sliced(ins[0], a)]
+
+    def batched_attrs(self, a, ins, stacked, steps):
+        return {**a.model_dump(), "axis": shift_axis(a.axis)}
 
     def kernel(self, a, ctx):
         def take(x):
@@ -229,6 +249,7 @@ class SliceGrad(Op):
     """Zeros shaped like ``ref`` with ``g`` written at ``[start:stop:step]`` along ``axis``."""
 
     name = "slice_grad"
+    flops_per_element = 0  # moves data only
     arity = (2, 2)
     Attrs = SliceAttrs
 

@@ -1,0 +1,140 @@
+"""Moving work out of loops: what does not depend on the loop-carried state.
+
+A node of a scan body whose inputs are all loop-invariant (the body's declared outer
+values and constants) runs once before the loop instead of once per step. A node whose
+inputs are per-step slices of the scan's ``xs`` (and invariants) runs once, before the
+loop, on all the steps at once, when its op can take a leading time axis
+(:meth:`~rgraph.ir.op.Op.batched_attrs`): input projections ``x_t @ W`` become one
+matrix product over ``(T, B, in)``, embedding lookups one ``row_pluck`` over ``(T, B)``.
+Their results enter the loop as new declared values or new ``xs``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rgraph.builder import Graph, Value
+from rgraph.ir.graph import GraphIR, Node, Var
+from rgraph.ir.op import get_op
+from rgraph.ir.ops.control import _steps_dim
+from rgraph.ir.passes.prune import prune
+from rgraph.ir.passes.schedule import schedule
+from rgraph.ir.types import construct, make_type
+
+INVARIANT, STACKED = "invariant", "stacked"
+
+
+def hoist(graph: GraphIR) -> GraphIR:
+    """Move loop-invariant and per-step work out of every scan (nested ones first).
+
+    Before::
+
+        h_T, hs = scan(h0, xs, W, U) { t = matmul(x_t, W); h' = tanh(t + matmul(h, U)) }
+
+    After::
+
+        P = matmul(xs, W)                    # all steps at once
+        h_T, hs = scan(h0, P, U) { h' = tanh(p_t + matmul(h, U)) }
+    """
+    if not any(n.op == "scan" for n in graph.nodes):
+        return graph
+    b = Graph.from_ir(graph)
+    for node in graph.nodes:
+        if node.op == "scan":
+            _hoist_scan(b, node)
+    return prune(schedule(b.ir))
+
+
+def _hoist_scan(b: Graph, node: Node) -> None:
+    op = get_op(node.op)
+    a = op.node_attrs(node)
+    body = hoist(a.body)
+    nc, nx = a.num_carry, a.num_xs
+    steps = _steps_dim([b.value(i).type for i in node.inputs], a)
+    outer: dict[str, tuple[str, Value]] = {}  # body name -> (kind, outer value)
+    for i, var in enumerate(body.inputs):
+        if i >= nc:
+            outer[var.name] = (STACKED if i < nc + nx else INVARIANT, b.value(node.inputs[i]))
+    for c in body.consts:
+        value = b.const(_array(c), dtype=c.type.dtype)
+        outer[c.name] = (INVARIANT, value)
+
+    kept: list[Node] = []
+    with b.location(node.loc):
+        for n in body.nodes:
+            kinds = [outer[i][0] if i in outer else None for i in n.inputs]
+            moved = _move(
+                b, n, kinds, [outer.get(i, (None, None))[1] for i in n.inputs], body, steps
+            )
+            if moved is None:
+                kept.append(n)
+                continue
+            kind, values = moved
+            for var, value in zip(n.outputs, values):
+                outer[var.name] = (kind, value)
+    if len(kept) == len(body.nodes):
+        if body is not a.body:
+            b.replace_node(node, node.model_copy(update={"bodies": {"body": body}}))
+        return
+
+    # The new body reads moved values as inputs: per-step slices of stacked ones (new
+    # xs), invariant ones as declared values.
+    needed = {i for n in kept for i in n.inputs} | set(body.outputs)
+    carries = list(body.inputs[:nc])
+    xs_in: list[tuple[Var, Value]] = []
+    ks_in: list[tuple[Var, Value]] = []
+    types = body.types()
+    for name, (kind, value) in outer.items():
+        if name not in needed:
+            continue
+        var = construct(Var, name=name, type=types[name])
+        (xs_in if kind == STACKED else ks_in).append((var, value))
+    new_body = body.replace(
+        inputs=(*carries, *(v for v, _ in xs_in), *(v for v, _ in ks_in)),
+        consts=tuple(c for c in body.consts if c.name in needed),
+        nodes=tuple(kept),
+    )
+    inputs = (*node.inputs[:nc], *(val.name for _, val in xs_in), *(val.name for _, val in ks_in))
+    attrs = {**node.attrs, "num_xs": len(xs_in)}
+    if not xs_in:
+        attrs["length"] = steps
+    b.replace_node(
+        node,
+        node.model_copy(update={"inputs": inputs, "attrs": attrs, "bodies": {"body": new_body}}),
+    )
+
+
+def _move(
+    b: Graph,
+    n: Node,
+    kinds: Sequence[str | None],
+    values: Sequence[Value | None],
+    body: GraphIR,
+    steps,
+) -> tuple[str, list[Value]] | None:
+    """Record ``n`` outside the loop if its inputs allow; its kind and outer outputs."""
+    if n.bodies or any(k is None for k in kinds):
+        return None
+    op = get_op(n.op)
+    if all(k == INVARIANT for k in kinds):
+        out = b.op(n.op, *values, **n.attrs)
+        return INVARIANT, list(out) if isinstance(out, tuple) else [out]
+    types = body.types()
+    stacked = [k == STACKED for k in kinds]
+    attrs = op.batched_attrs(op.node_attrs(n), [types[i] for i in n.inputs], stacked, steps)
+    if attrs is None:
+        return None
+    out = b.op(n.op, *values, **attrs)
+    outs = list(out) if isinstance(out, tuple) else [out]
+    if any(  # a batching rule must give every output the time axis, nothing else
+        value.type != make_type(var.type.dtype, (steps, *var.type.shape))
+        for var, value in zip(n.outputs, outs)
+    ):
+        return None  # what it recorded outside is dead code, pruned
+    return STACKED, outs
+
+
+def _array(c):
+    import numpy as np
+
+    return np.array(c.data, dtype=c.type.dtype).reshape(c.type.shape)
