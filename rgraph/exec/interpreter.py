@@ -58,7 +58,12 @@ class Interpreter:
         self.params = [p for p in graph.params if p.name in used]
         self._last_use = self._plan_frees()
         self._prepared: dict[tuple, list[Step]] = {}
-        self._flat: dict[tuple, FlatSchedule | None] = {}
+        # Kernels that do not depend on dim sizes, and nested interpreters, are kept
+        # across bindings (a new sequence length must not mean preparing all again).
+        self._kernels: dict[int, Any] = {}
+        self._cache: dict = {}
+        self._flat: FlatSchedule | None = None
+        self._runs: dict[int, Any] = {}
 
     def _plan_frees(self) -> list[tuple[int, ...]]:
         keep = {self.slot[n] for n in self.graph.outputs}
@@ -78,12 +83,16 @@ class Interpreter:
         key = tuple(sorted(binding.items()))
         steps = self._prepared.get(key)
         if steps is None:
-            ctx = KernelContext(dims=dict(binding), check_finite=self.check_finite)
+            ctx = KernelContext(dict(binding), self.check_finite, self._cache)
             steps = []
             for i, node in enumerate(self.graph.nodes):
                 op = get_op(node.op)
                 try:
-                    kernel = op.kernel(op.node_attrs(node), ctx)
+                    kernel = self._kernels.get(i)
+                    if kernel is None:
+                        kernel = op.kernel(op.node_attrs(node), ctx)
+                        if not op.uses_dims:
+                            self._kernels[i] = kernel
                 except KeyError as e:
                     raise ExecutionError(
                         f"{_describe(node)} needs dim {e} which no input binds"
@@ -185,12 +194,13 @@ class Interpreter:
             with np.errstate(all="ignore"):
                 self._run_steps(values, steps, nodes)
             return
-        flat = self._flat_schedule(steps)
-        if flat is None:
+        run = self._flat_run(steps)
+        if run is None:
             self._run_steps(values, steps, nodes)
             return
+        flat = self._flat
         try:
-            flat.run(values)
+            run(values)
         except Exception as e:
             index, args = flat.locate(e)
             if index is None:
@@ -200,12 +210,16 @@ class Interpreter:
                 raise type(e)(f"in {_describe(node)}: {e}") from e
             raise _execution_error(node, args, e) from e
 
-    def _flat_schedule(self, steps: list[Step]) -> FlatSchedule | None:
-        key = id(steps)
-        if key not in self._flat:
-            fits = len(steps) <= FlatSchedule.MAX_NODES
-            self._flat[key] = FlatSchedule(steps) if fits else None
-        return self._flat[key]
+    def _flat_run(self, steps: list[Step]) -> Any:
+        """The compiled schedule bound to these kernels (None for very large graphs)."""
+        if len(steps) > FlatSchedule.MAX_NODES:
+            return None
+        if self._flat is None:  # the code depends only on the graph, not on the binding
+            self._flat = FlatSchedule(steps)
+        run = self._runs.get(id(steps))
+        if run is None:
+            run = self._runs[id(steps)] = self._flat.bind([st.kernel for st in steps])
+        return run
 
     def _run_steps(self, values: list[Any], steps: list[Step], nodes: tuple[Node, ...]) -> None:
         for step in steps:
@@ -315,9 +329,13 @@ class FlatSchedule:
 
     def __init__(self, steps: list[Step]):
         self.steps = steps
-        kernels = {f"k{i}": step.kernel for i, step in enumerate(steps)}
         used = {i for st in steps for i in st.inputs} | {o for st in steps for o in st.outputs}
-        lines = ["def run(values):"]
+        kernels = ", ".join(f"k{i}" for i in range(len(steps)))
+        lines = [
+            "def make(kernels):",
+            f"  {kernels}{',' if steps else ''} = kernels",
+            "  def run(values):",
+        ]
         # Slots fed from outside (inputs, params, consts) are read once at the start.
         produced = {o for st in steps for o in st.outputs}
         lines += [f"    v{i} = values[{i}]" for i in sorted(used - produced)]
@@ -337,11 +355,15 @@ class FlatSchedule:
         lines += [f"    values[{i}] = v{i}" for i in sorted(alive)]
         if len(lines) == self.first_line - 1:
             lines.append("    pass")
-        code = compile("\n".join(lines), "<rgraph schedule>", "exec")
-        namespace: dict[str, Any] = dict(kernels)
-        exec(code, namespace)
-        self.run = namespace["run"]
-        self.code = self.run.__code__
+        lines.append("  return run")
+        namespace: dict[str, Any] = {}
+        exec(compile("\n".join(lines), "<rgraph schedule>", "exec"), namespace)
+        self.make = namespace["make"]
+        self.code = self.bind([None] * len(steps)).__code__
+
+    def bind(self, kernels: list[Any]) -> Any:
+        """The schedule's function running these kernels (one per node, in order)."""
+        return self.make(kernels)
 
     def locate(self, error: BaseException) -> tuple[int | None, list[Any]]:
         """The index of the node that raised ``error``, and the arrays it was given."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -34,6 +34,8 @@ class KernelContext:
 
     dims: Mapping[str, int]
     check_finite: bool = False
+    # Kept across bindings by the interpreter, e.g. for loop bodies' interpreters.
+    cache: dict = field(default_factory=dict)
 
 
 class Attrs(BaseModel):
@@ -59,6 +61,8 @@ class Op:
     input_names: ClassVar[tuple[str, ...]] = ()
     # Attrs fields holding nested graphs; the IR keeps them in ``Node.bodies``.
     body_names: ClassVar[tuple[str, ...]] = ()
+    # Whether the kernel depends on the sizes of symbolic dims (else it is prepared once).
+    uses_dims: ClassVar[bool] = False
     # FLOPs per output element of the default cost: 0 for ops that only move data.
     flops_per_element: ClassVar[int] = 1
 

@@ -63,6 +63,7 @@ class Scan(Op):
     arity = (1, None)
     Attrs = ScanAttrs
     body_names = ("body",)
+    uses_dims = True
 
     def infer(self, ins, a):
         body, nc, nx = a.body, a.num_carry, a.num_xs
@@ -106,7 +107,10 @@ class Scan(Op):
     def kernel(self, a, ctx):
         from rgraph.exec.interpreter import Interpreter
 
-        run_body = Interpreter(a.body, check_finite=ctx.check_finite).positional(ctx.dims)
+        key = ("scan body", id(a.body))
+        if key not in ctx.cache:  # one interpreter per body, whatever the binding
+            ctx.cache[key] = (a.body, Interpreter(a.body, check_finite=ctx.check_finite))
+        run_body = ctx.cache[key][1].positional(ctx.dims)
         nc, nx = a.num_carry, a.num_xs
         types = a.body.types()
         y_types = [types[name] for name in a.body.outputs[nc:]]

@@ -196,6 +196,7 @@ class Full(Op):
     flops_per_element = 0  # fills memory only
     arity = (0, 0)
     Attrs = FullAttrs
+    uses_dims = True
 
     def infer(self, ins, a):
         return [make_type(a.dtype, a.shape)]

@@ -26,6 +26,7 @@ class Reshape(Op):
     name = "reshape"
     flops_per_element = 0  # moves data only
     Attrs = ReshapeAttrs
+    uses_dims = True
 
     def infer(self, ins, a):
         x = ins[0]
@@ -154,6 +155,7 @@ class Split(Op):
     name = "split"
     flops_per_element = 0  # moves data only
     Attrs = SplitAttrs
+    uses_dims = True
 
     def infer(self, ins, a):
         x = ins[0]
