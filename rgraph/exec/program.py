@@ -14,7 +14,7 @@ from rgraph.builder import Graph, Value
 from rgraph.errors import FeedError, GraphError
 from rgraph.exec.interpreter import Interpreter
 from rgraph.ir.graph import GraphIR
-from rgraph.ir.passes import autodiff, cse, hoist, prune, schedule
+from rgraph.ir.passes import autodiff, cse, hoist, merge_matmuls, prune, schedule
 from rgraph.ir.passes.autodiff import cotangent_name, grad_name
 from rgraph.ir.verify import verify
 
@@ -115,7 +115,8 @@ def compile(
         Outputs whose cotangents the caller gives at run time (instead of, or besides, a
         loss), e.g. RecurrentJS's ``h.dw[0] = 1``.
     optimize
-        Move work out of loops (``hoist``) and merge common subexpressions (``cse``).
+        Merge products that share an operand (``merge_matmuls``), move work out of
+        loops (``hoist``) and merge common subexpressions (``cse``).
     check_finite
         Debug mode: stop with :class:`~rgraph.errors.NonFiniteError` at the first node,
         forward or backward, that produces a NaN or an infinity (slower). Work is then
@@ -160,7 +161,9 @@ def _compile(graph, outputs, loss, wrt, cotangents, optimize, check_finite) -> P
     stages["schedule"] = ir = schedule(ir)
     stages["prune"] = ir = prune(ir, names)
     if optimize and not check_finite:  # debug mode reports values where the user made them
+        stages["merge_matmuls"] = ir = merge_matmuls(ir)
         stages["hoist"] = ir = hoist(ir)
+        stages["merge_hoisted"] = ir = merge_matmuls(ir)
     targets: list[str] = []
     if loss_name is not None or cot:
         targets = _names(wrt) if wrt is not None else [p.name for p in ir.params if p.type.is_float]

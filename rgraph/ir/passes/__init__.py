@@ -3,7 +3,8 @@
 from rgraph.ir.passes.autodiff import autodiff
 from rgraph.ir.passes.cse import cse
 from rgraph.ir.passes.hoist import hoist
+from rgraph.ir.passes.merge import merge_matmuls
 from rgraph.ir.passes.prune import prune
 from rgraph.ir.passes.schedule import schedule
 
-__all__ = ["autodiff", "cse", "hoist", "prune", "schedule"]
+__all__ = ["autodiff", "cse", "hoist", "merge_matmuls", "prune", "schedule"]

@@ -1,0 +1,104 @@
+"""Merging matrix products that share an operand into one (stacked gate weights)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from rgraph.ir.graph import GraphIR, Node, Var
+from rgraph.ir.op import get_op
+from rgraph.ir.passes.schedule import schedule
+from rgraph.ir.types import construct, make_type
+
+
+def merge_matmuls(graph: GraphIR) -> GraphIR:
+    """Replace products ``x @ W_i`` that share ``x`` by one ``x @ concat(W_i)`` and a split.
+
+    Every ``W_i`` is a matrix; loop bodies are merged too. An LSTM step's four gates then
+    cost one product instead of four, and so does their backward.
+
+    Before: ``i = matmul(h, Wi); f = matmul(h, Wf)``
+    After:  ``W = concat[axis=1](Wi, Wf); p = matmul(h, W); i, f = split[axis=-1](p)``
+    """
+    nodes = [_merge_bodies(n) for n in graph.nodes]
+    changed = any(new is not old for new, old in zip(nodes, graph.nodes))
+    types = graph.types()
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i, n in enumerate(nodes):
+        if n.op != "matmul":
+            continue
+        a = get_op("matmul").node_attrs(n)
+        weight = types[n.inputs[1]]
+        width = weight.shape[0] if a.transpose_b else weight.shape[-1]
+        if weight.rank == 2 and isinstance(width, int):
+            groups[(n.inputs[0], a.transpose_a, a.transpose_b, weight.dtype)].append(i)
+    merged: set[int] = set()
+    extra: list[Node] = []
+    names = _Names(types)
+    for (x, _, tb, dtype), members in groups.items():
+        if len(members) < 2:
+            continue
+        group = [nodes[i] for i in members]
+        weights = [types[n.inputs[1]] for n in group]
+        widths = [w.shape[0] if tb else w.shape[1] for w in weights]
+        depth = weights[0].shape[1] if tb else weights[0].shape[0]
+        if any((w.shape[1] if tb else w.shape[0]) != depth for w in weights):
+            continue
+        total = sum(widths)
+        stacked = construct(
+            Var,
+            name=names.fresh("wcat"),
+            type=make_type(dtype, (total, depth) if tb else (depth, total)),
+        )
+        out_type = group[0].outputs[0].type
+        product = construct(
+            Var, name=names.fresh("mm"), type=make_type(dtype, (*out_type.shape[:-1], total))
+        )
+        attrs = dict(group[0].attrs)
+        loc = group[0].loc
+        extra += [
+            _node(
+                "concat", tuple(n.inputs[1] for n in group), (stacked,), {"axis": int(not tb)}, loc
+            ),
+            _node("matmul", (x, stacked.name), (product,), attrs, loc),
+            _node(
+                "split",
+                (product.name,),
+                tuple(n.outputs[0] for n in group),
+                {"axis": -1, "sizes": widths},
+                loc,
+            ),
+        ]
+        merged.update(members)
+    if not merged and not changed:
+        return graph
+    kept = [n for i, n in enumerate(nodes) if i not in merged]
+    return schedule(graph.replace(nodes=tuple(kept + extra)))
+
+
+def _merge_bodies(node: Node) -> Node:
+    if not node.bodies:
+        return node
+    bodies = {k: merge_matmuls(b) for k, b in node.bodies.items()}
+    if all(bodies[k] is node.bodies[k] for k in bodies):
+        return node
+    return node.model_copy(update={"bodies": bodies})
+
+
+def _node(op: str, inputs: tuple, outputs: tuple, attrs: dict, loc) -> Node:
+    plain = get_op(op).attrs_from_kwargs(attrs)[1]  # canonical, as the builder writes them
+    return construct(Node, op=op, inputs=inputs, outputs=outputs, attrs=plain, bodies={}, loc=loc)
+
+
+class _Names:
+    """Fresh value names that the graph does not use yet."""
+
+    def __init__(self, taken):
+        self.taken = set(taken)
+        self.count = 0
+
+    def fresh(self, prefix: str) -> str:
+        while f"{prefix}{self.count}" in self.taken:
+            self.count += 1
+        name = f"{prefix}{self.count}"
+        self.taken.add(name)
+        return name
