@@ -4,7 +4,8 @@ Each subcommand is one entry of :data:`COMMANDS`: a help line, a function that a
 arguments to its parser, and a function that runs it and returns the exit status.
 
 Exit status: 0 on success; 2 for bad usage or bad input (a missing or malformed file, an
-unknown file extension); 1 when the output cannot be written.
+unknown file extension); 1 when the command found a problem (``validate``, ``diff``,
+``gradcheck``) or the output cannot be written.
 """
 
 from __future__ import annotations
@@ -137,6 +138,74 @@ COMMANDS: dict[str, Command] = {
         arguments=_convert_arguments,
         run=_convert,
     ),
+    "inspect": Command(
+        help="summarise a model file: interface, parameters, ops, estimated cost",
+        description=(
+            "A summary of a model file: format and reader versions, producer, inputs and"
+            " outputs with symbolic shapes, parameters (shape, dtype, count, bytes, value"
+            " statistics, non-finite values), optimiser state, metadata keys, op histogram,"
+            " node counts and the estimated FLOPs and bytes per run as formulas of the"
+            " symbolic dims (--dims B=32,T=50 evaluates them). --backward also generates"
+            " the backward of the 'loss' output and reports its nodes and cost."
+        ),
+        arguments=lambda p: _inspect_cli().inspect_arguments(p),
+        run=lambda args: _inspect_cli().run_inspect(args),
+    ),
+    "show": Command(
+        help="print a model's IR as text (loop bodies indented), at any compiler stage",
+        description=(
+            "The text form of a model's graph IR (docs/ir.md), loop bodies indented under"
+            " their node. --backward shows the compiled program with the generated backward"
+            " of the 'loss' output; --after PASS the IR a compiler pass produced; --json the"
+            " IR as JSON."
+        ),
+        arguments=lambda p: _inspect_cli().show_arguments(p),
+        run=lambda args: _inspect_cli().run_show(args),
+    ),
+    "validate": Command(
+        help="check a model file and list every problem found",
+        description=(
+            "Check everything the loader and the graph verifier check and list every"
+            " problem of the graph (a problem of the file itself stops reading, so it is"
+            " listed alone). Exit status 0 when valid, 1 when problems are found, 2 on bad"
+            " usage."
+        ),
+        arguments=lambda p: _inspect_cli().validate_arguments(p),
+        run=lambda args: _inspect_cli().run_validate(args),
+    ),
+    "dot": Command(
+        help="draw a model's graph as Graphviz DOT (loop bodies as clusters)",
+        description=(
+            "Graphviz DOT of a model's graph on stdout, or -o FILE.dot/.svg/.png/.pdf (images"
+            " need Graphviz's dot program): types on the edges, parameters as filled boxes,"
+            " inputs and outputs as ellipses, loop bodies as clusters drawn once."
+            " --backward draws the compiled program with the generated backward."
+        ),
+        arguments=lambda p: _tools_cli().dot_arguments(p),
+        run=lambda args: _tools_cli().run_dot(args),
+    ),
+    "diff": Command(
+        help="compare two model files: structure, weights, optimiser state, metadata",
+        description=(
+            "Structural differences (inputs, outputs, parameters, ops and nodes, loop bodies)"
+            " and, for parameters in both, how far the weights moved (max abs diff, relative"
+            " L2); then optimiser state, RNG, step and metadata. Exit status 0 when identical,"
+            " 1 when they differ, 2 on bad input."
+        ),
+        arguments=lambda p: _tools_cli().diff_arguments(p),
+        run=lambda args: _tools_cli().run_diff(args),
+    ),
+    "gradcheck": Command(
+        help="check a model's generated backward against finite differences",
+        description=(
+            "Finite-difference check of the generated backward for each parameter, in"
+            " float64, on random inputs of the declared shapes (valid indices for int"
+            " inputs, ones for masks). Exit status 0 when every parameter passes, 1 when one"
+            " fails, 2 on bad input."
+        ),
+        arguments=lambda p: _tools_cli().gradcheck_arguments(p),
+        run=lambda args: _tools_cli().run_gradcheck(args),
+    ),
 }
 
 
@@ -144,6 +213,18 @@ def _char_cli() -> Any:
     from rgraph import charlm_cli
 
     return charlm_cli
+
+
+def _inspect_cli() -> Any:
+    from rgraph import inspect_cli
+
+    return inspect_cli
+
+
+def _tools_cli() -> Any:
+    from rgraph import tools_cli
+
+    return tools_cli
 
 
 # --- the command line -------------------------------------------------------------------
@@ -161,7 +242,7 @@ def parser() -> argparse.ArgumentParser:
         prog="rgraph",
         description="rgraph: a define-then-run graph compiler for recurrent networks.",
         epilog="Define graphs in Python with rgraph.Graph; see README.md for a quick start. "
-        "Exit status: 0 success, 1 output not written, 2 bad usage or input.",
+        "Exit status: 0 success, 1 a problem found or output not written, 2 bad usage or input.",
     )
     p.add_argument("--version", action="version", version=f"rgraph {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
