@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import gc
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +14,7 @@ from rgraph.exec.interpreter import Interpreter
 from rgraph.ir.graph import GraphIR
 from rgraph.ir.passes import autodiff, cse, hoist, merge_matmuls, prune, schedule
 from rgraph.ir.passes.autodiff import cotangent_name, grad_name
+from rgraph.ir.types import gc_paused
 from rgraph.ir.verify import verify
 
 
@@ -131,21 +130,8 @@ def compile(
     >>> prog.run({"x": np.arange(3.0)}, {"W": np.ones(3)}).grads["W"]
     array([0., 1., 2.])
     """
-    with _no_gc():
+    with gc_paused():
         return _compile(graph, outputs, loss, wrt, cotangents, optimize, check_finite)
-
-
-@contextlib.contextmanager
-def _no_gc() -> Iterator[None]:
-    """Compiling allocates millions of small objects that all stay alive; the cyclic
-    garbage collector would scan them again and again (a quarter of the time)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _compile(graph, outputs, loss, wrt, cotangents, optimize, check_finite) -> Program:

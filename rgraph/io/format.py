@@ -37,7 +37,8 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints, Va
 
 from rgraph.errors import FormatError, GraphError
 from rgraph.ir.graph import GraphIR
-from rgraph.ir.types import DTYPES
+from rgraph.ir.types import DTYPES, gc_paused
+from rgraph.ir.verify import problems as graph_problems_of
 from rgraph.ir.verify import verify as verify_graph
 
 MAGIC = "RGRAPH"
@@ -157,6 +158,7 @@ class Model:
     metadata: dict[str, Any] = field(default_factory=dict)
     format_version: tuple[int, int] = FORMAT_VERSION
     producer: str = PRODUCER
+    min_reader_version: tuple[int, int] = MIN_READER_VERSION
 
 
 # --- writing ---------------------------------------------------------------------------
@@ -249,10 +251,12 @@ def save(
             crc32=crcs[i],
         )
 
+    graph_data = ir.model_dump(mode="json")  # once: encode runs until offsets settle
+
     def encode(offsets: list[int]) -> bytes:
         header: dict[str, Any] = {
             "producer": PRODUCER,
-            "graph": ir.model_dump(mode="json"),
+            "graph": graph_data,
             "params": [entry(name, i, offsets) for i, (name, _) in enumerate(tensors)],
             "optimizer": None,
             "rng": _rng_record(rng),
@@ -458,12 +462,14 @@ def _check_plain(value: Any, where: str, depth: int = 0) -> None:
 # --- reading ---------------------------------------------------------------------------
 
 
-def load(path: str | os.PathLike, *, lazy: bool = False) -> Model:
+def load(
+    path: str | os.PathLike, *, lazy: bool = False, graph_problems: list | None = None
+) -> Model:
     """Read a model file, checking everything (see ``docs/format.md``).
 
     With ``lazy=True`` the file is memory-mapped and parameters are read-only views
     into it, so opening is fast whatever the size; checksums are then not verified
-    (call :func:`verify_tensors` to do so).
+    (call :func:`verify_tensors` to do so). ``graph_problems``: see :func:`decode`.
 
     Raises
     ------
@@ -482,15 +488,25 @@ def load(path: str | os.PathLike, *, lazy: bool = False) -> Model:
                     raise FormatError(f"{os.fspath(path)!r} changed while it was read")
     except OSError as e:
         raise FormatError(f"cannot read {os.fspath(path)!r}: {e.strerror or e}") from None
-    return decode(buf, check_crc=not lazy)
+    return decode(buf, check_crc=not lazy, graph_problems=graph_problems)
 
 
-def decode(buf: Any, *, check_crc: bool = True) -> Model:
+def decode(buf: Any, *, check_crc: bool = True, graph_problems: list | None = None) -> Model:
     """A :class:`Model` from a file's bytes (a bytes-like object or a memory map).
 
     The checks run in the order of ``docs/format.md`` ("What a reader checks"): nothing
     is allocated for a tensor before its size is known to fit inside the file.
+
+    Given a list as ``graph_problems``, every problem the verifier finds in the graph is
+    appended to it (a :class:`~rgraph.errors.GraphError`) instead of the first being
+    raised, and reading goes on; the Model may then hold an invalid graph. ``rgraph
+    validate`` uses this to list all problems.
     """
+    with gc_paused():  # a large graph is millions of objects that all stay alive
+        return _decode(buf, check_crc=check_crc, graph_problems=graph_problems)
+
+
+def _decode(buf: Any, *, check_crc: bool = True, graph_problems: list | None = None) -> Model:
     view = memoryview(buf)
     size = len(view)
     if size < 5 or view[0] != 0xDD:
@@ -529,7 +545,10 @@ def decode(buf: Any, *, check_crc: bool = True) -> Model:
     blobs = _blob_ranges(view, head_end, count - 4)
     _check_loop_depth(header.graph)
     try:
-        verify_graph(header.graph)
+        if graph_problems is not None:
+            graph_problems.extend(graph_problems_of(header.graph))
+        else:
+            verify_graph(header.graph)
     except GraphError as e:
         raise FormatError(f"header.graph: {e}") from None
     except RecursionError:  # pragma: no cover - bounded by _check_loop_depth
@@ -579,6 +598,7 @@ def decode(buf: Any, *, check_crc: bool = True) -> Model:
         metadata=_check_metadata(header.metadata),
         format_version=tuple(prelude.format_version),  # type: ignore[arg-type]
         producer=header.producer,
+        min_reader_version=tuple(prelude.min_reader_version),  # type: ignore[arg-type]
     )
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
+from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -73,6 +76,22 @@ class TensorType(BaseModel):
 
 
 _setattr = object.__setattr__
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while building or reading a large IR.
+
+    Compiling or loading allocates millions of small objects that all stay alive; the
+    collector would scan them again and again (a quarter of the time, or more).
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def construct(cls: type[BaseModel], **fields: Any) -> Any:
