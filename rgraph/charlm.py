@@ -431,7 +431,7 @@ def train(
     samples: int = 5,
     temperature: float = 1.0,
     on_report: Callable[[Report], None] = lambda r: None,
-    on_step: Callable[[Session, float], None] = lambda s, cps: None,
+    on_step: Callable[[Session, float, float], None] = lambda s, cps, ppl: None,
     checkpoint: Callable[[Session], None] = lambda s: None,
     checkpoint_every: float = 30.0,
 ) -> Session:
@@ -442,7 +442,9 @@ def train(
     where it stopped. Every ``report_every`` steps (and at the end) it calls ``on_report``
     with train and validation perplexity, the argmax sentence and samples; reports draw
     from their own RNG, so how often one reports changes nothing in the training.
-    ``checkpoint`` is called every ``checkpoint_every`` seconds and at the end.
+    ``on_step`` gets the session, characters per second and the training perplexity
+    since the last report after every step; ``checkpoint`` is called every
+    ``checkpoint_every`` seconds and at the end.
     """
     model, config = session.model, session.model.config
     graph = build_graph(config, model.vocab)
@@ -478,7 +480,7 @@ def train(
         window_count += step_report.count
         window_chars += int(step_report.count)
         cps = window_chars / max(time.perf_counter() - window_start, 1e-9)
-        on_step(session, cps)
+        on_step(session, cps, perplexity(window_nll, window_count))
         last = done()
         if session.step % report_every == 0 or last:
             report = _report(session, sampler, window_nll, window_count, cps, samples, temperature)

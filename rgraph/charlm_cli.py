@@ -218,11 +218,13 @@ class _Output:
 
         self.bar = tqdm(initial=session.step, unit="step", dynamic_ncols=True, file=sys.stderr)
 
-    def step(self, session: Session, chars_per_second: float) -> None:
+    def step(self, session: Session, chars_per_second: float, perplexity: float) -> None:
         if self.bar is not None:
             epoch = session.step * session.model.config.batch_size / len(session.train)
             self.bar.update(1)
-            self.bar.set_postfix_str(f"epoch {epoch:.2f}, {chars_per_second:,.0f} chars/s")
+            self.bar.set_postfix_str(
+                f"epoch {epoch:.2f}, perplexity {perplexity:.2f}, {chars_per_second:,.0f} chars/s"
+            )
 
     def report(self, r: Report) -> None:
         if self.json:
