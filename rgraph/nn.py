@@ -64,7 +64,9 @@ class Cell:
 
 
 def _preact(x: Value, h: Value, gate: dict[str, Value]) -> Value:
-    return x @ gate["x"].T + h @ gate["h"].T + gate["b"]
+    # The input term and the bias first: neither depends on the state, so the compiler
+    # computes them for all steps at once, outside the loop.
+    return (x @ gate["x"].T + gate["b"]) + h @ gate["h"].T
 
 
 def _rnn_step(b: Graph, p: dict, x: Value, state: list[Value]) -> list[Value]:
@@ -85,7 +87,7 @@ def _gru_step(b: Graph, p: dict, x: Value, state: list[Value]) -> list[Value]:
     h = state[0]
     r = b.sigmoid(_preact(x, h, p["r"]))
     z = b.sigmoid(_preact(x, h, p["z"]))
-    candidate = b.tanh(x @ p["c"]["x"].T + (r * h) @ p["c"]["h"].T + p["c"]["b"])
+    candidate = b.tanh((x @ p["c"]["x"].T + p["c"]["b"]) + (r * h) @ p["c"]["h"].T)
     return [(1.0 - z) * h + z * candidate]
 
 
