@@ -492,3 +492,40 @@ def test_a_100k_node_chain_compiles_and_runs_forward_and_backward():
     np.testing.assert_array_equal(res.outputs[loss.name], np.sum(hv))
     # d h / d w = x * (2 * 0.5) ** rounds = x, exactly.
     np.testing.assert_array_equal(res.grads["w"], xv)
+
+
+def test_forward_identities_drops_identities_but_keeps_output_names():
+    from rgraph.ir.passes import forward_identities
+
+    g = rg.Graph("ids")
+    x = g.input("x", (3,))
+    y = g.identity(x)
+    z = g.tanh(g.identity(y))
+    g.output(z, name="z")  # an identity that names an output: kept
+    ir = forward_identities(g.ir)
+    assert [n.op for n in ir.nodes] == ["tanh", "identity"]
+    assert ir.nodes[0].inputs == ("x",) and ir.outputs == ("z",)
+    assert forward_identities(ir) is ir
+    xv = np.array([0.1, -0.2, 0.3])
+    np.testing.assert_array_equal(rg.Interpreter(ir).run({"x": xv})["z"], np.tanh(xv))
+
+
+def test_forward_identities_renames_loop_body_outputs():
+    from rgraph.ir.passes import forward_identities
+
+    g = rg.Graph("loop")
+    xs = g.input("xs", ("T", 2))
+
+    def step(b, c, x):
+        h = b.tanh(c[0] + x[0])
+        return [h], [b.identity(h)]
+
+    _, (hs,) = g.scan(step, init=[g.full(shape=[2])], xs=[xs])
+    g.output(hs, name="hs")
+    ir = forward_identities(g.ir)
+    body = next(n for n in ir.nodes if n.op == "scan").bodies["body"]
+    assert "identity" not in [n.op for n in body.nodes]
+    assert body.outputs[0] == body.outputs[1]
+    xv = np.arange(6.0).reshape(3, 2) / 10
+    expected = rg.Interpreter(g.ir).run({"xs": xv})["hs"]
+    np.testing.assert_array_equal(rg.Interpreter(ir).run({"xs": xv})["hs"], expected)

@@ -12,7 +12,15 @@ from rgraph.builder import Graph, Value
 from rgraph.errors import FeedError, GraphError
 from rgraph.exec.interpreter import Interpreter
 from rgraph.ir.graph import GraphIR
-from rgraph.ir.passes import autodiff, cse, hoist, merge_matmuls, prune, schedule
+from rgraph.ir.passes import (
+    autodiff,
+    cse,
+    forward_identities,
+    hoist,
+    merge_matmuls,
+    prune,
+    schedule,
+)
 from rgraph.ir.passes.autodiff import cotangent_name, grad_name
 from rgraph.ir.types import gc_paused
 from rgraph.ir.verify import verify
@@ -156,5 +164,6 @@ def _compile(graph, outputs, loss, wrt, cotangents, optimize, check_finite) -> P
         stages["autodiff"] = ir = autodiff(ir, targets, loss_name, cot)
     if optimize:
         stages["cse"] = ir = cse(ir)
+        stages["forward_identities"] = ir = forward_identities(ir)
         stages["prune_after_cse"] = ir = prune(ir)
     return Program(stages, names, targets, cot, check_finite)

@@ -1,0 +1,40 @@
+"""Removing ``identity`` nodes: consumers read the value itself."""
+
+from __future__ import annotations
+
+from rgraph.ir.graph import GraphIR
+
+
+def forward_identities(graph: GraphIR) -> GraphIR:
+    """Replace every use of ``y = identity(x)`` by ``x`` and drop the node.
+
+    A graph's outputs keep their names (they are its interface), so an identity that
+    defines an output stays; a loop body's outputs are positional and are renamed too.
+    Autodiff names each gradient with an identity, one per step inside a loop.
+
+    Before: ``y = identity(x); z = tanh(y)``  After: ``z = tanh(x)``
+    """
+    return _forward(graph, keep_outputs=True)
+
+
+def _forward(graph: GraphIR, keep_outputs: bool) -> GraphIR:
+    protected = set(graph.outputs) if keep_outputs else set()
+    source: dict[str, str] = {}
+    nodes = []
+    changed = False
+    for node in graph.nodes:
+        if node.op == "identity" and node.outputs[0].name not in protected:
+            x = node.inputs[0]
+            source[node.outputs[0].name] = source.get(x, x)
+            changed = True
+            continue
+        inputs = tuple(source.get(i, i) for i in node.inputs)
+        bodies = {k: _forward(b, keep_outputs=False) for k, b in node.bodies.items()}
+        if inputs != node.inputs or any(bodies[k] is not node.bodies[k] for k in bodies):
+            node = node.model_copy(update={"inputs": inputs, "bodies": bodies})
+            changed = True
+        nodes.append(node)
+    if not changed:
+        return graph
+    outputs = tuple(source.get(o, o) for o in graph.outputs)
+    return graph.replace(nodes=tuple(nodes), outputs=outputs)
