@@ -28,6 +28,7 @@ from rgraph.charlm import (
     train,
     unigram_perplexity,
 )
+from rgraph.cli_args import check_model_path, non_negative_int, positive_float, positive_int
 from rgraph.io.format import load
 
 DEFAULT_SECONDS = 60.0
@@ -46,36 +47,6 @@ def _sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or math.isinf(value):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
 # --- train ------------------------------------------------------------------------------
 
 
@@ -84,21 +55,21 @@ def train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--corpus", metavar="FILE", help="sentences, one per line (default: built-in)")
     p.add_argument("--model", choices=["lstm", "rnn", "gru"], default=d.kind)
     p.add_argument("--hidden", type=_sizes, default=d.hidden_sizes, metavar="20,20")
-    p.add_argument("--letter-size", type=_positive_int, default=d.letter_size)
-    p.add_argument("--batch-size", type=_positive_int, default=d.batch_size)
-    p.add_argument("--lr", type=_positive_float, default=d.lr)
+    p.add_argument("--letter-size", type=positive_int, default=d.letter_size)
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
+    p.add_argument("--lr", type=positive_float, default=d.lr)
     p.add_argument("--regc", type=float, default=d.regc, help="L2 regularisation strength")
-    p.add_argument("--clip", type=_positive_float, default=d.clip, help="gradient clip value")
+    p.add_argument("--clip", type=positive_float, default=d.clip, help="gradient clip value")
     length = p.add_mutually_exclusive_group()
-    length.add_argument("--seconds", type=_positive_float, help=f"default {DEFAULT_SECONDS:g}")
-    length.add_argument("--epochs", type=_positive_float, help="passes over the training part")
-    length.add_argument("--steps", type=_positive_int, help="total number of training steps")
-    p.add_argument("--seed", type=_seed, default=d.seed)
+    length.add_argument("--seconds", type=positive_float, help=f"default {DEFAULT_SECONDS:g}")
+    length.add_argument("--epochs", type=positive_float, help="passes over the training part")
+    length.add_argument("--steps", type=positive_int, help="total number of training steps")
+    p.add_argument("--seed", type=non_negative_int, default=d.seed)
     p.add_argument("--dtype", choices=["float32", "float64"], default=d.dtype)
     p.add_argument("--out", default="model.rgraph", help="checkpoint file (default model.rgraph)")
     p.add_argument("--resume", metavar="MODEL", help="continue the training saved in MODEL")
-    p.add_argument("--temperature", type=_positive_float, default=1.0, help="of the samples")
-    p.add_argument("--report-every", type=_positive_int, default=100, metavar="STEPS")
+    p.add_argument("--temperature", type=positive_float, default=1.0, help="of the samples")
+    p.add_argument("--report-every", type=positive_int, default=100, metavar="STEPS")
     p.add_argument("--samples", type=int, default=5, help="samples shown per report")
     p.add_argument("--json", action="store_true", help="one JSON object per report, no bar")
     p.add_argument("--plot", metavar="PNG", help="draw train/validation perplexity over time")
@@ -171,8 +142,7 @@ def _save(session: Session, path: str) -> None:
 
 
 def _load(path: str) -> Any:
-    if not os.path.exists(path):
-        raise CharModelError(f"model file {path!r} does not exist")
+    check_model_path(path)
     return load(path)
 
 
@@ -291,12 +261,12 @@ def _plot(session: Session, path: str) -> None:
 
 def sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL", help="a character model file (.rgraph)")
-    p.add_argument("-n", type=_positive_int, default=5, help="number of samples (default 5)")
-    p.add_argument("--temperature", type=_positive_float, default=1.0)
+    p.add_argument("-n", type=positive_int, default=5, help="number of samples (default 5)")
+    p.add_argument("--temperature", type=positive_float, default=1.0)
     p.add_argument("--argmax", action="store_true", help="always the most likely character")
     p.add_argument("--prime", default="", metavar="TEXT", help="text the samples start with")
-    p.add_argument("--max-chars", type=_positive_int, default=100)
-    p.add_argument("--seed", type=_seed, default=None)
+    p.add_argument("--max-chars", type=positive_int, default=100)
+    p.add_argument("--seed", type=non_negative_int, default=None)
 
 
 def run_sample(args: argparse.Namespace) -> int:

@@ -9,29 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 from typing import Any
 
 from rgraph.cli import EXIT_FAILED, EXIT_OK, _Failure
+from rgraph.cli_args import check_model_path, dim_sizes
 from rgraph.inspect import stage, summary, validate_file
 from rgraph.io.format import Model, load
 from rgraph.ir.types import gc_paused
-
-
-def _binding(text: str) -> dict[str, int]:
-    """``B=32,T=50`` as ``{"B": 32, "T": 50}``."""
-    out: dict[str, int] = {}
-    for part in text.split(","):
-        m = re.fullmatch(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*([0-9]+)\s*", part)
-        if not m:
-            raise argparse.ArgumentTypeError(
-                f"expected NAME=SIZE pairs such as B=32,T=50, got {part.strip()!r}"
-            )
-        if m[1] in out:
-            raise argparse.ArgumentTypeError(f"dim {m[1]!r} is given twice")
-        out[m[1]] = int(m[2])
-    return out
 
 
 def _model_argument(p: argparse.ArgumentParser) -> None:
@@ -39,15 +24,8 @@ def _model_argument(p: argparse.ArgumentParser) -> None:
 
 
 def _load(path: str) -> Model:
-    _check_path(path)
+    check_model_path(path)
     return load(path)  # FormatError -> exit 2 with one line
-
-
-def _check_path(path: str) -> None:
-    if not os.path.exists(path):
-        raise _Failure(f"model file {path!r} does not exist")
-    if os.path.isdir(path):
-        raise _Failure(f"{path!r} is a folder, not a model file")
 
 
 def _json(data: Any, allow_nan: bool = False) -> str:
@@ -74,7 +52,7 @@ def inspect_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object instead of text")
     p.add_argument(
         "--dims",
-        type=_binding,
+        type=dim_sizes,
         default={},
         metavar="B=32,T=50",
         help="sizes of symbolic dims, to evaluate the cost formulas",
@@ -139,7 +117,7 @@ def validate_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    _check_path(args.model)
+    check_model_path(args.model)
     with gc_paused():
         found = validate_file(args.model)
     if args.json:

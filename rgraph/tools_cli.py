@@ -20,17 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from rgraph.errors import RgraphError
+from rgraph.cli_args import UsageError, dim_sizes, non_negative_int, positive_float, read_model
 from rgraph.ir import dims as dimlib
 from rgraph.ir.graph import GraphIR, Node
 
 EXIT_OK, EXIT_FOUND = 0, 1
 DEFAULT_DIM = 2
 DEFAULT_MAX_ELEMENTS = 20
-
-
-class UsageError(RgraphError):
-    """Bad options or input for a tool (exit status 2)."""
 
 
 def _failure(message: str) -> Exception:
@@ -50,76 +46,7 @@ def _emit(text: str, end: str = "\n") -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
-def load_model(path: str) -> Any:
-    """A model from an ``.rgraph`` file, or a RecurrentJS ``.json`` model."""
-    if not os.path.exists(path):
-        raise UsageError(f"model file {path!r} does not exist")
-    if os.path.isdir(path):
-        raise UsageError(f"{path!r} is a folder, not a model file")
-    if os.path.splitext(path)[1].lower() == ".json":
-        from rgraph.io.recurrentjs import import_json
-
-        return import_json(path)
-    from rgraph.io.format import load
-
-    return load(path)
-
-
 # --- argument types ---------------------------------------------------------------------
-
-
-def parse_dims(text: str) -> dict[str, int]:
-    """``"B=2,T=3"`` -> ``{"B": 2, "T": 3}`` (argparse type: errors as usage errors)."""
-    out: dict[str, int] = {}
-    for part in text.split(","):
-        name, eq, value = part.strip().partition("=")
-        name = name.strip()
-        if not eq or not dimlib.NAME_RE.fullmatch(name):
-            raise argparse.ArgumentTypeError(
-                f"expected NAME=SIZE pairs such as B=2,T=3, got {text!r}"
-            )
-        try:
-            size = int(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"dim {name}: expected an integer size, got {value!r}"
-            ) from None
-        if size <= 0:
-            raise argparse.ArgumentTypeError(f"dim {name}: expected a positive size, got {size}")
-        if name in out:
-            raise argparse.ArgumentTypeError(f"dim {name} is given twice")
-        out[name] = size
-    return out
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
 
 
 def _tolerance(text: str) -> float:
@@ -170,7 +97,7 @@ def run_dot(args: argparse.Namespace) -> int:
         if fmt not in ("dot", "gv", *RENDER_FORMATS):
             known = ", ".join("." + f for f in ("dot", "gv", *RENDER_FORMATS))
             raise UsageError(f"-o {args.output!r}: unknown extension; known: {known}")
-    model = load_model(args.model)
+    model = read_model(args.model)
     text = backward_dot(model.graph, args.loss) if args.backward else to_dot(model.graph)
     if not args.output:
         _emit(text, end="")
@@ -201,7 +128,7 @@ def diff_arguments(p: argparse.ArgumentParser) -> None:
 def run_diff(args: argparse.Namespace) -> int:
     from rgraph.diff import diff_models
 
-    a, b = load_model(args.a), load_model(args.b)
+    a, b = read_model(args.a), read_model(args.b)
     result = diff_models(a, b)
     if args.json:
         _emit(json.dumps({"a_file": args.a, "b_file": args.b, **result.to_json()}))
@@ -360,16 +287,16 @@ def gradcheck_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL", help="a model file (.rgraph, or RecurrentJS .json)")
     p.add_argument(
         "--dims",
-        type=parse_dims,
+        type=dim_sizes,
         default={},
         metavar="B=2,T=3",
         help=f"sizes of symbolic dims (default {DEFAULT_DIM} for each)",
     )
     p.add_argument(
-        "--seed", type=_non_negative_int, default=0, help="for the inputs, directions and elements"
+        "--seed", type=non_negative_int, default=0, help="for the inputs, directions and elements"
     )
     p.add_argument(
-        "--eps", type=_positive_float, default=1e-6, help="finite-difference step (default 1e-6)"
+        "--eps", type=positive_float, default=1e-6, help="finite-difference step (default 1e-6)"
     )
     p.add_argument(
         "--atol", type=_tolerance, default=1e-6, help="absolute tolerance (default 1e-6)"
@@ -379,7 +306,7 @@ def gradcheck_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--max-elements",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=DEFAULT_MAX_ELEMENTS,
         metavar="N",
         help="check at most N random elements per parameter, 0 for all"
@@ -394,7 +321,7 @@ def gradcheck_arguments(p: argparse.ArgumentParser) -> None:
 def run_gradcheck(args: argparse.Namespace) -> int:
     from rgraph.gradcheck import gradcheck
 
-    model = load_model(args.model)
+    model = read_model(args.model)
     graph = model.graph
     floats = [p.name for p in graph.params if p.type.is_float]
     wrt = args.wrt if args.wrt is not None else floats

@@ -291,9 +291,9 @@ def test_inspect_errors(tmp_path, lm_file):
         "rgraph inspect: error: --dims: X not a dim of the graph (its dims: B, T)\n"
     )
     status, _, err = run("inspect", lm_file, "--dims", "B=two")
-    assert status == 2 and "expected NAME=SIZE pairs such as B=32,T=50, got 'B=two'" in err
+    assert status == 2 and "expected an integer size for dim B, got 'two'" in err
     status, _, err = run("inspect", lm_file, "--dims", "B=2,B=3")
-    assert status == 2 and "dim 'B' is given twice" in err
+    assert status == 2 and "dim B is given twice" in err
     status, _, err = run("inspect", tmp_path / "nope.rgraph")
     assert status == 2 and err.startswith("rgraph inspect: error: model file") and "not" in err
     status, _, err = run("inspect", ATTACK_DIR / "png.rgraph")
