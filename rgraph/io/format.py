@@ -18,13 +18,11 @@ with small limits and no ext types, duplicate keys are rejected, and every probl
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 import mmap
 import os
 import struct
-import tempfile
 import zlib
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +34,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints, ValidationError
 
 from rgraph.errors import FormatError, GraphError
+from rgraph.io.atomic import replace_atomically
 from rgraph.ir.graph import GraphIR
 from rgraph.ir.types import DTYPES, gc_paused
 from rgraph.ir.verify import problems as graph_problems_of
@@ -375,47 +374,21 @@ def _write_atomic(
     groups: list[list[int]],
     fsync: bool,
 ) -> None:
-    """Write to a temporary file beside ``path``, flush, fsync, then rename over it."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".rgraph.tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(head)
-            f.write(b"\xc6" + struct.pack(">I", plan.pad) + bytes(plan.pad))
-            pos = len(head) + 5 + plan.pad
-            for members, blob_size in zip(groups, plan.blob_sizes):
-                f.write(b"\xc6" + struct.pack(">I", blob_size))
-                end = pos + 5 + blob_size
-                pos += 5
-                for i in members:
-                    f.write(bytes(plan.offsets[i] - pos))
-                    f.write(_bytes_of(arrays[i]))
-                    pos = plan.offsets[i] + arrays[i].nbytes
-                f.write(bytes(end - pos))
-                pos = end
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    if fsync:
-        _fsync_dir(folder)
-
-
-def _fsync_dir(folder: str) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    """Write the file: head, pad, blobs, atomically (see :mod:`rgraph.io.atomic`)."""
+    with replace_atomically(path, suffix=".rgraph", fsync=fsync) as f:
+        f.write(head)
+        f.write(b"\xc6" + struct.pack(">I", plan.pad) + bytes(plan.pad))
+        pos = len(head) + 5 + plan.pad
+        for members, blob_size in zip(groups, plan.blob_sizes):
+            f.write(b"\xc6" + struct.pack(">I", blob_size))
+            end = pos + 5 + blob_size
+            pos += 5
+            for i in members:
+                f.write(bytes(plan.offsets[i] - pos))
+                f.write(_bytes_of(arrays[i]))
+                pos = plan.offsets[i] + arrays[i].nbytes
+            f.write(bytes(end - pos))
+            pos = end
 
 
 def _rng_record(rng: np.random.Generator | None) -> dict[str, Any] | None:

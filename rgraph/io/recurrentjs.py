@@ -74,12 +74,10 @@ the key path at fault, e.g. ``model.Wix1.w[7]: expected a number, got null``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -88,6 +86,7 @@ import numpy as np
 from rgraph.builder import Graph
 from rgraph.errors import FormatError, OptimizerStateError
 from rgraph.exec.optim import Optimizer, RMSProp
+from rgraph.io.atomic import replace_atomically
 from rgraph.io.format import Model
 from rgraph.ir.graph import GraphIR
 from rgraph.nn import language_model
@@ -640,20 +639,6 @@ def write_json(
         allow_nan=False,
         separators=(",", ":"),
     )
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".json.tmp", dir=folder)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; a model file is for sharing
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.write("\n")
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with replace_atomically(path, suffix=".json", text=True, fsync=fsync) as f:
+        f.write(text)
+        f.write("\n")
