@@ -175,8 +175,15 @@ class Split(Op):
         return {"axis": shift_axis(a.axis), "sizes": list(a.sizes)}
 
     def kernel(self, a, ctx):
-        cuts = np.cumsum(_resolve(a.sizes, ctx.dims))[:-1].tolist()
-        return lambda x: tuple(np.split(x, cuts, axis=a.axis))
+        ends = np.cumsum(_resolve(a.sizes, ctx.dims)).tolist()
+        pieces = list(zip([0, *ends[:-1]], ends))
+        axis = a.axis
+
+        def split(x):  # basic slicing: views, and far cheaper than np.split
+            lead = (slice(None),) * (axis % x.ndim)
+            return tuple(x[(*lead, slice(lo, hi))] for lo, hi in pieces)
+
+        return split
 
     def vjp(self, g, a, ins, outs, cts):
         parts = [ct if ct is not None else g.full_like(o, value=0.0) for ct, o in zip(cts, outs)]
