@@ -14,12 +14,14 @@ from rgraph.exec.interpreter import Interpreter
 from rgraph.ir.graph import GraphIR
 from rgraph.ir.passes import (
     autodiff,
+    contract,
     cse,
     forward_identities,
     hoist,
     merge_matmuls,
     prune,
     schedule,
+    sink,
 )
 from rgraph.ir.passes.autodiff import cotangent_name, grad_name
 from rgraph.ir.types import gc_paused
@@ -123,7 +125,8 @@ def compile(
         loss), e.g. RecurrentJS's ``h.dw[0] = 1``.
     optimize
         Merge products that share an operand (``merge_matmuls``), move work out of
-        loops (``hoist``) and merge common subexpressions (``cse``).
+        loops, before them (``hoist``) and after them (``sink``), merge common
+        subexpressions (``cse``) and sum per-step products as one (``contract``).
     check_finite
         Debug mode: stop with :class:`~rgraph.errors.NonFiniteError` at the first node,
         forward or backward, that produces a NaN or an infinity (slower). Work is then
@@ -163,7 +166,10 @@ def _compile(graph, outputs, loss, wrt, cotangents, optimize, check_finite) -> P
         targets = _names(wrt) if wrt is not None else [p.name for p in ir.params if p.type.is_float]
         stages["autodiff"] = ir = autodiff(ir, targets, loss_name, cot)
     if optimize:
-        stages["cse"] = ir = cse(ir)
         stages["forward_identities"] = ir = forward_identities(ir)
+        if not check_finite:
+            stages["sink"] = ir = sink(ir)
+            stages["contract"] = ir = contract(ir)
+        stages["cse"] = ir = cse(ir)
         stages["prune_after_cse"] = ir = prune(ir)
     return Program(stages, names, targets, cot, check_finite)

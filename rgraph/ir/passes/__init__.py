@@ -1,11 +1,23 @@
 """Compiler passes: pure functions from IR to IR, each printable afterwards."""
 
 from rgraph.ir.passes.autodiff import autodiff
+from rgraph.ir.passes.contract import contract
 from rgraph.ir.passes.cse import cse
 from rgraph.ir.passes.hoist import hoist
 from rgraph.ir.passes.identities import forward_identities
 from rgraph.ir.passes.merge import merge_matmuls
 from rgraph.ir.passes.prune import prune
 from rgraph.ir.passes.schedule import schedule
+from rgraph.ir.passes.sink import sink
 
-__all__ = ["autodiff", "cse", "forward_identities", "hoist", "merge_matmuls", "prune", "schedule"]
+__all__ = [
+    "autodiff",
+    "contract",
+    "cse",
+    "forward_identities",
+    "hoist",
+    "merge_matmuls",
+    "prune",
+    "schedule",
+    "sink",
+]

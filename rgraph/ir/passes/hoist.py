@@ -17,9 +17,10 @@ from rgraph.builder import Graph, Value
 from rgraph.ir.graph import GraphIR, Node, Var
 from rgraph.ir.op import get_op
 from rgraph.ir.ops.control import _steps_dim
+from rgraph.ir.passes.batching import batched_attrs
 from rgraph.ir.passes.prune import prune
 from rgraph.ir.passes.schedule import schedule
-from rgraph.ir.types import construct, make_type
+from rgraph.ir.types import construct
 
 INVARIANT, STACKED = "invariant", "stacked"
 
@@ -115,22 +116,14 @@ def _move(
     """Record ``n`` outside the loop if its inputs allow; its kind and outer outputs."""
     if n.bodies or any(k is None for k in kinds):
         return None
-    op = get_op(n.op)
     if all(k == INVARIANT for k in kinds):
         out = b.op(n.op, *values, **n.attrs)
         return INVARIANT, list(out) if isinstance(out, tuple) else [out]
-    types = body.types()
-    stacked = [k == STACKED for k in kinds]
-    attrs = op.batched_attrs(op.node_attrs(n), [types[i] for i in n.inputs], stacked, steps)
+    attrs = batched_attrs(n, body.types(), [k == STACKED for k in kinds], steps)
     if attrs is None:
         return None
     out = b.op(n.op, *values, **attrs)
     outs = list(out) if isinstance(out, tuple) else [out]
-    if any(  # a batching rule must give every output the time axis, nothing else
-        value.type != make_type(var.type.dtype, (steps, *var.type.shape))
-        for var, value in zip(n.outputs, outs)
-    ):
-        return None  # what it recorded outside is dead code, pruned
     return STACKED, outs
 
 

@@ -33,7 +33,7 @@ def merge_matmuls(graph: GraphIR) -> GraphIR:
             groups[(n.inputs[0], a.transpose_a, a.transpose_b, weight.dtype)].append(i)
     merged: set[int] = set()
     extra: list[Node] = []
-    names = _Names(types)
+    names = FreshNames(types)
     for (x, _, tb, dtype), members in groups.items():
         if len(members) < 2:
             continue
@@ -56,11 +56,11 @@ def merge_matmuls(graph: GraphIR) -> GraphIR:
         attrs = dict(group[0].attrs)
         loc = group[0].loc
         extra += [
-            _node(
+            make_node(
                 "concat", tuple(n.inputs[1] for n in group), (stacked,), {"axis": int(not tb)}, loc
             ),
-            _node("matmul", (x, stacked.name), (product,), attrs, loc),
-            _node(
+            make_node("matmul", (x, stacked.name), (product,), attrs, loc),
+            make_node(
                 "split",
                 (product.name,),
                 tuple(n.outputs[0] for n in group),
@@ -84,12 +84,12 @@ def _merge_bodies(node: Node) -> Node:
     return node.model_copy(update={"bodies": bodies})
 
 
-def _node(op: str, inputs: tuple, outputs: tuple, attrs: dict, loc) -> Node:
+def make_node(op: str, inputs: tuple, outputs: tuple, attrs: dict, loc) -> Node:
     plain = get_op(op).attrs_from_kwargs(attrs)[1]  # canonical, as the builder writes them
     return construct(Node, op=op, inputs=inputs, outputs=outputs, attrs=plain, bodies={}, loc=loc)
 
 
-class _Names:
+class FreshNames:
     """Fresh value names that the graph does not use yet."""
 
     def __init__(self, taken):
