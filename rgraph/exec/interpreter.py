@@ -63,6 +63,7 @@ class Interpreter:
         self._kernels: dict[int, Any] = {}
         self._cache: dict = {}
         self._flat: FlatSchedule | None = None
+        self._loop: LoopSchedule | None = None
         self._runs: dict[int, Any] = {}
 
     def _plan_frees(self) -> list[tuple[int, ...]]:
@@ -174,6 +175,72 @@ class Interpreter:
 
         return run
 
+    def loop(self, binding: Mapping[str, int], num_carry: int, num_xs: int) -> Any:
+        """This graph as a loop body: ``f(carries, xs, invariants, ys, order) -> carries``.
+
+        The inputs are the graph's, in order: ``num_carry`` carries, ``num_xs`` per-step
+        values given stacked as ``xs`` (step ``t`` reads ``x[t]``), then invariants. The
+        body runs once per step ``t`` in ``order``, writes its outputs after the carries
+        into ``ys[j][t]`` and returns the final carries. Errors name the step.
+        """
+        nc, nx = num_carry, num_xs
+        steps = self._steps(dict(binding))
+        in_slots = [self.slot[v.name] for v in self.graph.inputs]
+        out_slots = [self.slot[name] for name in self.graph.outputs]
+        if self.check_finite or len(steps) > FlatSchedule.MAX_NODES:
+            return self._stepwise_loop(binding, nc, nx)
+        if self._loop is None:  # the code depends only on the graph, not on the binding
+            self._loop = LoopSchedule(steps, in_slots, out_slots, nc, nx)
+        sched = self._loop
+        run = self._runs.get(id(steps))
+        if run is None:
+            run = self._runs[id(steps)] = sched.bind([st.kernel for st in steps])
+        size, consts, nodes = len(self.slot), self.consts, self.graph.nodes
+        carry_slots, inv_slots = in_slots[:nc], in_slots[nc + nx :]
+
+        def loop(carries, xs, invariants, ys, order):
+            values: list[Any] = [None] * size
+            for slot, arr in consts:
+                values[slot] = arr
+            for slot, arr in zip(carry_slots, carries):
+                values[slot] = arr
+            for slot, arr in zip(inv_slots, invariants):
+                values[slot] = arr
+            try:
+                run(values, xs, ys, order)
+            except Exception as e:
+                index, args, local = sched.locate(e)
+                if index is None:
+                    raise
+                node = nodes[index]
+                if isinstance(e, ExecutionError):  # from a nested body
+                    error = type(e)(f"in {_describe(node)}: {e}")
+                else:
+                    error = _execution_error(node, args, e)
+                raise type(error)(f"at scan step {local.get('t')}: {error}") from e
+            return [values[slot] for slot in carry_slots]
+
+        return loop
+
+    def _stepwise_loop(self, binding: Mapping[str, int], nc: int, nx: int) -> Any:
+        """:meth:`loop` running the body once per step through the general path (debug
+        mode checks every value; very large bodies are not compiled)."""
+        run_body = self.positional(binding)
+
+        def loop(carries, xs, invariants, ys, order):
+            carry = list(carries)
+            for t in order:
+                try:
+                    outs = run_body(*carry, *(x[t] for x in xs), *invariants)
+                except ExecutionError as e:
+                    raise type(e)(f"at scan step {t}: {e}") from e
+                carry = outs[:nc]
+                for buf, y in zip(ys, outs[nc:]):
+                    buf[t] = y
+            return carry
+
+        return loop
+
     def _check_finite(self, node: Node, step: Step, values: list[Any]) -> None:
         for var, slot in zip(node.outputs, step.outputs):
             out = values[slot]
@@ -202,7 +269,7 @@ class Interpreter:
         try:
             run(values)
         except Exception as e:
-            index, args = flat.locate(e)
+            index, args, _ = flat.locate(e)
             if index is None:
                 raise
             node = nodes[index]
@@ -315,14 +382,32 @@ def _execution_error(node: Node, args: list[Any], e: Exception) -> ExecutionErro
     )
 
 
+def _call_lines(steps: list[Step], indent: str, free: bool) -> list[str]:
+    """One line per node, ``v7 = k3(v2, v5)``, ending values' lives with ``del`` if asked."""
+    lines = []
+    for i, st in enumerate(steps):
+        args = ", ".join(f"v{j}" for j in st.inputs)
+        outs = ", ".join(f"v{j}" for j in st.outputs)
+        line = f"{indent}{outs}{',' if len(st.outputs) > 1 else ''} = k{i}({args})"
+        if free and st.free:
+            line += "; del " + ", ".join(f"v{f}" for f in st.free)
+        lines.append(line)
+    return lines
+
+
+def _compile(lines: list[str], steps: list[Step]) -> Any:
+    namespace: dict[str, Any] = {}
+    exec(compile("\n".join(lines), "<rgraph schedule>", "exec"), namespace)
+    return namespace["make"]
+
+
 class FlatSchedule:
     """A prepared schedule compiled to one straight-line Python function.
 
     Each node becomes one line, ``v7 = k3(v2, v5)``, its values plain local variables and
     ``del`` ending each value's life after its last use: the interpreter's per-node cost
-    is a call and a few local stores, which matters in loop bodies run once per step.
-    Graphs above ``MAX_NODES`` use the plain loop (compiling the source would cost more
-    than it saves).
+    is a call and a few local stores. Graphs above ``MAX_NODES`` use the plain loop
+    (compiling the source would cost more than it saves).
     """
 
     MAX_NODES = 20_000
@@ -340,14 +425,7 @@ class FlatSchedule:
         produced = {o for st in steps for o in st.outputs}
         lines += [f"    v{i} = values[{i}]" for i in sorted(used - produced)]
         self.first_line = len(lines) + 1
-        for i, st in enumerate(steps):
-            args = ", ".join(f"v{j}" for j in st.inputs)
-            outs = ", ".join(f"v{j}" for j in st.outputs)
-            call = f"k{i}({args})"
-            line = f"    {outs}, = {call}" if len(st.outputs) > 1 else f"    {outs} = {call}"
-            if st.free:
-                line += "; del " + ", ".join(f"v{f}" for f in st.free)
-            lines.append(line)
+        lines += _call_lines(steps, "    ", free=True)
         # Values still alive at the end (the outputs) go back into the slots.
         alive = set(used)
         for st in steps:
@@ -356,24 +434,64 @@ class FlatSchedule:
         if len(lines) == self.first_line - 1:
             lines.append("    pass")
         lines.append("  return run")
-        namespace: dict[str, Any] = {}
-        exec(compile("\n".join(lines), "<rgraph schedule>", "exec"), namespace)
-        self.make = namespace["make"]
+        self.make = _compile(lines, steps)
         self.code = self.bind([None] * len(steps)).__code__
 
     def bind(self, kernels: list[Any]) -> Any:
         """The schedule's function running these kernels (one per node, in order)."""
         return self.make(kernels)
 
-    def locate(self, error: BaseException) -> tuple[int | None, list[Any]]:
-        """The index of the node that raised ``error``, and the arrays it was given."""
+    def locate(self, error: BaseException) -> tuple[int | None, list[Any], dict[str, Any]]:
+        """The index of the node that raised ``error``, the arrays it was given, and the
+        generated function's local variables at that moment."""
         tb = error.__traceback__
         while tb is not None and tb.tb_frame.f_code is not self.code:
             tb = tb.tb_next
         if tb is None:
-            return None, []
+            return None, [], {}
         index = tb.tb_lineno - self.first_line
         if not 0 <= index < len(self.steps):
-            return None, []
+            return None, [], {}
         local = tb.tb_frame.f_locals
-        return index, [local.get(f"v{j}") for j in self.steps[index].inputs]
+        return index, [local.get(f"v{j}") for j in self.steps[index].inputs], local
+
+
+class LoopSchedule(FlatSchedule):
+    """A loop body's schedule compiled together with the loop that runs it.
+
+    ``run(values, xs, ys, order)`` takes the carries and invariant inputs in their slots
+    of ``values``, the stacked ``xs`` (sliced at each step ``t`` of ``order``) and
+    preallocated ``ys`` (written at ``t``), and leaves the final carries in their slots.
+    The loop, the slicing and the carry hand-over are plain Python in one function: a
+    step costs its nodes' calls and nothing per step besides.
+    """
+
+    def __init__(self, steps: list[Step], inputs: list[int], outputs: list[int], nc: int, nx: int):
+        self.steps = steps
+        carries, xs = inputs[:nc], inputs[nc : nc + nx]
+        produced = {o for st in steps for o in st.outputs}
+        read = {i for st in steps for i in st.inputs} | set(outputs)
+        outside = sorted(read - produced - set(xs) - set(carries))  # invariants and consts
+        kernels = ", ".join(f"k{i}" for i in range(len(steps)))
+        ys = outputs[nc:]
+        lines = [
+            "def make(kernels):",
+            f"  {kernels}{',' if steps else ''} = kernels",
+            "  def run(values, xs, ys, order):",
+            *(f"    v{i} = values[{i}]" for i in [*carries, *outside]),
+            *([f"    {''.join(f'x{i}, ' for i in xs)}= xs"] if xs else []),
+            *([f"    {''.join(f'y{j}, ' for j in range(len(ys)))}= ys"] if ys else []),
+            "    for t in order:",
+            *(f"      v{i} = x{i}[t]" for i in xs),
+        ]
+        self.first_line = len(lines) + 1
+        lines += _call_lines(steps, "      ", free=False)
+        lines += [f"      y{j}[t] = v{slot}" for j, slot in enumerate(ys)]
+        if nc:
+            new = ", ".join(f"v{slot}" for slot in outputs[:nc])
+            lines.append(f"      {', '.join(f'v{i}' for i in carries)}, = {new},")
+        lines.append("      pass")
+        lines += [f"    values[{i}] = v{i}" for i in carries]
+        lines.append("  return run")
+        self.make = _compile(lines, steps)
+        self.code = self.bind([None] * len(steps)).__code__

@@ -15,7 +15,6 @@ from pydantic import Field
 
 from rgraph.errors import (
     ArityError,
-    ExecutionError,
     NotDifferentiableError,
     ShapeError,
     UndefinedValueError,
@@ -110,27 +109,21 @@ class Scan(Op):
         key = ("scan body", id(a.body))
         if key not in ctx.cache:  # one interpreter per body, whatever the binding
             ctx.cache[key] = (a.body, Interpreter(a.body, check_finite=ctx.check_finite))
-        run_body = ctx.cache[key][1].positional(ctx.dims)
         nc, nx = a.num_carry, a.num_xs
+        run_loop = ctx.cache[key][1].loop(ctx.dims, nc, nx)
         types = a.body.types()
-        y_types = [types[name] for name in a.body.outputs[nc:]]
+        y_shapes = [
+            (types[name].np_dtype, tuple(dims.evaluate(d, ctx.dims) for d in types[name].shape))
+            for name in a.body.outputs[nc:]
+        ]
+        length = None if nx else dims.evaluate(a.length, ctx.dims)
 
         def scan(*args):
-            carry = list(args[:nc])
-            xs, consts = args[nc : nc + nx], args[nc + nx :]
-            steps = xs[0].shape[0] if xs else dims.evaluate(a.length, ctx.dims)
-            ys = [
-                np.empty((steps, *(dims.evaluate(d, ctx.dims) for d in t.shape)), t.dtype)
-                for t in y_types
-            ]
-            for t in range(steps - 1, -1, -1) if a.reverse else range(steps):
-                try:
-                    outs = run_body(*carry, *(x[t] for x in xs), *consts)
-                except ExecutionError as e:
-                    raise type(e)(f"at scan step {t}: {e}") from e
-                carry = outs[:nc]
-                for buf, y in zip(ys, outs[nc:]):
-                    buf[t] = y
+            xs = args[nc : nc + nx]
+            steps = xs[0].shape[0] if nx else length
+            ys = [np.empty((steps, *shape), dtype) for dtype, shape in y_shapes]
+            order = range(steps - 1, -1, -1) if a.reverse else range(steps)
+            carry = run_loop(args[:nc], xs, args[nc + nx :], ys, order)
             return (*carry, *ys) if len(carry) + len(ys) != 1 else (carry + ys)[0]
 
         return scan
