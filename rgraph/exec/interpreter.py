@@ -190,15 +190,25 @@ class Interpreter:
         if self.check_finite or len(steps) > FlatSchedule.MAX_NODES:
             return self._stepwise_loop(binding, nc, nx)
         if self._loop is None:  # the code depends only on the graph, not on the binding
-            self._loop = LoopSchedule(steps, in_slots, out_slots, nc, nx)
+            into = _out_plan(self.graph, nc)
+            self._loop = LoopSchedule(steps, in_slots, out_slots, nc, nx, into)
         sched = self._loop
         run = self._runs.get(id(steps))
         if run is None:
             run = self._runs[id(steps)] = sched.bind([st.kernel for st in steps])
         size, consts, nodes = len(self.slot), self.consts, self.graph.nodes
         carry_slots, inv_slots = in_slots[:nc], in_slots[nc + nx :]
+        buffer_types = [
+            (
+                tuple(dims.evaluate(d, binding) for d in nodes[i].outputs[0].type.shape),
+                nodes[i].outputs[0].type.np_dtype,
+            )
+            for i in sched.buffered
+        ]
 
         def loop(carries, xs, invariants, ys, order):
+            # Fresh buffers per run: concurrent runs of one program share nothing.
+            buffers = [np.empty(shape, dtype) for shape, dtype in buffer_types]
             values: list[Any] = [None] * size
             for slot, arr in consts:
                 values[slot] = arr
@@ -207,7 +217,7 @@ class Interpreter:
             for slot, arr in zip(inv_slots, invariants):
                 values[slot] = arr
             try:
-                run(values, xs, ys, order)
+                run(values, xs, ys, order, buffers)
             except Exception as e:
                 index, args, local = sched.locate(e)
                 if index is None:
@@ -352,6 +362,41 @@ def _check(
     return arr
 
 
+def _out_plan(graph: GraphIR, num_carry: int) -> dict[int, int | None]:
+    """Which nodes of a loop body write with ``out=``: node index -> the output ``ys``
+    index it writes into at each step, or None for a buffer of its own.
+
+    A buffer is overwritten at the next step, so no value that may share memory with a
+    carry (which lives on into the next step) gets one: the carries, and through ops
+    that may return views of their inputs, whatever they were made from.
+    """
+    producer = {o.name: i for i, n in enumerate(graph.nodes) for o in n.outputs}
+
+    def writes_out(node: Node) -> bool:
+        return get_op(node.op).writes_out and len(node.outputs) == 1 and not node.bodies
+
+    shared: set[str] = set()
+    pending = list(graph.outputs[:num_carry])
+    while pending:
+        name = pending.pop()
+        if name in shared:
+            continue
+        shared.add(name)
+        i = producer.get(name)
+        if i is not None and not writes_out(graph.nodes[i]):
+            pending.extend(graph.nodes[i].inputs)
+    first_y: dict[str, int] = {}
+    for j, name in enumerate(graph.outputs[num_carry:]):
+        first_y.setdefault(name, j)
+    plan: dict[int, int | None] = {}
+    for i, node in enumerate(graph.nodes):
+        out = node.outputs[0]
+        if writes_out(node) and out.name not in shared:
+            j = first_y.get(out.name)
+            plan[i] = j if j is not None and out.type.rank >= 1 else None
+    return plan
+
+
 def _stats(arr: Any) -> str:
     arr = np.asarray(arr)
     if arr.dtype.kind in "fiu" and arr.size:
@@ -382,17 +427,27 @@ def _execution_error(node: Node, args: list[Any], e: Exception) -> ExecutionErro
     )
 
 
-def _call_lines(steps: list[Step], indent: str, free: bool) -> list[str]:
-    """One line per node, ``v7 = k3(v2, v5)``, ending values' lives with ``del`` if asked."""
+def _call_lines(
+    steps: list[Step], indent: str, free: bool, into: Mapping[int, str] | None = None
+) -> list[str]:
+    """One line per node, ``v7 = k3(v2, v5)``, ending values' lives with ``del`` if asked;
+    node ``i`` in ``into`` writes into that array (``k3(v2, v5, out=b3)``)."""
     lines = []
     for i, st in enumerate(steps):
         args = ", ".join(f"v{j}" for j in st.inputs)
+        if into and i in into:
+            args += f", out={into[i]}"
         outs = ", ".join(f"v{j}" for j in st.outputs)
         line = f"{indent}{outs}{',' if len(st.outputs) > 1 else ''} = k{i}({args})"
         if free and st.free:
             line += "; del " + ", ".join(f"v{f}" for f in st.free)
         lines.append(line)
     return lines
+
+
+def _unpack(names: list[str], source: str, indent: str = "    ") -> list[str]:
+    """The line ``a, b, = source`` (none for no names)."""
+    return [f"{indent}{''.join(f'{n}, ' for n in names)}= {source}"] if names else []
 
 
 def _compile(lines: list[str], steps: list[Step]) -> Any:
@@ -415,10 +470,9 @@ class FlatSchedule:
     def __init__(self, steps: list[Step]):
         self.steps = steps
         used = {i for st in steps for i in st.inputs} | {o for st in steps for o in st.outputs}
-        kernels = ", ".join(f"k{i}" for i in range(len(steps)))
         lines = [
             "def make(kernels):",
-            f"  {kernels}{',' if steps else ''} = kernels",
+            *_unpack([f"k{i}" for i in range(len(steps))], "kernels", "  "),
             "  def run(values):",
         ]
         # Slots fed from outside (inputs, params, consts) are read once at the start.
@@ -434,6 +488,7 @@ class FlatSchedule:
         if len(lines) == self.first_line - 1:
             lines.append("    pass")
         lines.append("  return run")
+        self.source = "\n".join(lines)  # for reading what runs
         self.make = _compile(lines, steps)
         self.code = self.bind([None] * len(steps)).__code__
 
@@ -459,39 +514,53 @@ class FlatSchedule:
 class LoopSchedule(FlatSchedule):
     """A loop body's schedule compiled together with the loop that runs it.
 
-    ``run(values, xs, ys, order)`` takes the carries and invariant inputs in their slots
-    of ``values``, the stacked ``xs`` (sliced at each step ``t`` of ``order``) and
-    preallocated ``ys`` (written at ``t``), and leaves the final carries in their slots.
-    The loop, the slicing and the carry hand-over are plain Python in one function: a
-    step costs its nodes' calls and nothing per step besides.
+    ``run(values, xs, ys, order, buffers)`` takes the carries and invariant inputs in
+    their slots of ``values``, the stacked ``xs`` (sliced at each step ``t`` of ``order``)
+    and preallocated ``ys`` (written at ``t``), and leaves the final carries in their
+    slots. The loop, the slicing and the carry hand-over are plain Python in one
+    function: a step costs its nodes' calls and nothing per step besides. Nodes in
+    ``into`` write their value with ``out=``: into ``ys[j][t]`` when it is output ``j``
+    (no copy), else into their own entry of ``buffers``, reused at every step.
     """
 
-    def __init__(self, steps: list[Step], inputs: list[int], outputs: list[int], nc: int, nx: int):
+    def __init__(
+        self,
+        steps: list[Step],
+        inputs: list[int],
+        outputs: list[int],
+        nc: int,
+        nx: int,
+        into: Mapping[int, int | None],
+    ):
         self.steps = steps
+        self.buffered = [i for i in sorted(into) if into[i] is None]
+        targets = {i: f"b{i}" if j is None else f"y{j}[t]" for i, j in into.items()}
+        direct = {j for j in into.values() if j is not None}
         carries, xs = inputs[:nc], inputs[nc : nc + nx]
         produced = {o for st in steps for o in st.outputs}
         read = {i for st in steps for i in st.inputs} | set(outputs)
         outside = sorted(read - produced - set(xs) - set(carries))  # invariants and consts
-        kernels = ", ".join(f"k{i}" for i in range(len(steps)))
         ys = outputs[nc:]
         lines = [
             "def make(kernels):",
-            f"  {kernels}{',' if steps else ''} = kernels",
-            "  def run(values, xs, ys, order):",
+            *_unpack([f"k{i}" for i in range(len(steps))], "kernels", "  "),
+            "  def run(values, xs, ys, order, buffers):",
             *(f"    v{i} = values[{i}]" for i in [*carries, *outside]),
-            *([f"    {''.join(f'x{i}, ' for i in xs)}= xs"] if xs else []),
-            *([f"    {''.join(f'y{j}, ' for j in range(len(ys)))}= ys"] if ys else []),
+            *_unpack([f"b{i}" for i in self.buffered], "buffers"),
+            *_unpack([f"x{i}" for i in xs], "xs"),
+            *_unpack([f"y{j}" for j in range(len(ys))], "ys"),
             "    for t in order:",
             *(f"      v{i} = x{i}[t]" for i in xs),
         ]
         self.first_line = len(lines) + 1
-        lines += _call_lines(steps, "      ", free=False)
-        lines += [f"      y{j}[t] = v{slot}" for j, slot in enumerate(ys)]
+        lines += _call_lines(steps, "      ", free=False, into=targets)
+        lines += [f"      y{j}[t] = v{slot}" for j, slot in enumerate(ys) if j not in direct]
         if nc:
             new = ", ".join(f"v{slot}" for slot in outputs[:nc])
             lines.append(f"      {', '.join(f'v{i}' for i in carries)}, = {new},")
         lines.append("      pass")
         lines += [f"    values[{i}] = v{i}" for i in carries]
         lines.append("  return run")
+        self.source = "\n".join(lines)  # for reading what runs
         self.make = _compile(lines, steps)
         self.code = self.bind([None] * len(steps)).__code__

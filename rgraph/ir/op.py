@@ -65,6 +65,9 @@ class Op:
     uses_dims: ClassVar[bool] = False
     # FLOPs per output element of the default cost: 0 for ops that only move data.
     flops_per_element: ClassVar[int] = 1
+    # Whether the kernel also takes ``out=``, an array of its (single) output's type to
+    # write into: a loop body then reuses one buffer per value instead of allocating.
+    writes_out: ClassVar[bool] = False
 
     def infer(self, ins: Sequence[TensorType], a: Any) -> list[TensorType]:
         """Output types from input types; raise ShapeError or DTypeError."""

@@ -35,6 +35,10 @@ class Elementwise(Op):
     def batched_attrs(self, a, ins, stacked, steps):
         return self.dump_attrs(a) if batches_elementwise(ins, stacked) else None
 
+    @property
+    def writes_out(self) -> bool:  # type: ignore[override]
+        return isinstance(getattr(type(self), "fn", None), np.ufunc)
+
 
 class Binary(Elementwise):
     """``out = fn(a, b)`` elementwise, broadcasting; inputs share one dtype."""
@@ -106,14 +110,16 @@ def unary(name: str, fn: Callable, rule: Callable | None, **extra: Any) -> None:
     _define(Unary, name, fn, staticmethod(rule) if rule else None, **extra)
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
+def _sigmoid(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``1 / (1 + exp(-x))``: relatively accurate in both tails (``0.5 + 0.5 tanh(x/2)``
     cancels for very negative x), and ``exp`` costs less than half of float64 ``tanh``.
     ``-x`` is capped where ``exp`` would overflow: the result there is below the
     dtype's smallest normal number either way."""
-    t = np.minimum(-x, 80.0 if x.dtype == np.float32 else 700.0)
+    cap = 80.0 if x.dtype == np.float32 else 700.0
+    t = np.negative(x, out=out)
     if type(t) is not np.ndarray:  # a 0-d input gives a scalar
-        return 1.0 / (1.0 + np.exp(t))
+        return 1.0 / (1.0 + np.exp(np.minimum(t, cap)))
+    np.minimum(t, cap, out=t)
     np.exp(t, out=t)
     t += 1.0
     return np.divide(1.0, t, out=t)
@@ -134,7 +140,7 @@ unary("identity", lambda x: x, lambda x, out, g: g, dtypes=(*NUMERIC, "bool"), f
 unary("exp", np.exp, lambda x, out, g: g * out)
 unary("log", np.log, lambda x, out, g: g / x)
 unary("tanh", np.tanh, lambda x, out, g: g * (1.0 - out * out))
-unary("sigmoid", _sigmoid, lambda x, out, g: g * (out * (1.0 - out)))
+unary("sigmoid", _sigmoid, lambda x, out, g: g * (out * (1.0 - out)), writes_out=True)
 unary("relu", lambda x: np.maximum(x, 0), lambda x, out, g: g * out.sign())
 # The derivative of sign is zero almost everywhere: nothing flows back.
 unary("sign", np.sign, lambda x, out, g: None, dtypes=NUMERIC)
