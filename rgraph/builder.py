@@ -27,7 +27,7 @@ import numpy as np
 from rgraph.errors import DTypeError, DuplicateValueError, GraphError, UndefinedValueError
 from rgraph.ir import dims
 from rgraph.ir.graph import Const, GraphIR, Init, Node, Param, SourceLoc, Var
-from rgraph.ir.op import REGISTRY, freeze, get_op
+from rgraph.ir.op import REGISTRY, Op, freeze, get_op
 from rgraph.ir.types import INT_DTYPES, TensorType, construct, dtype_name, make_type
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -42,17 +42,54 @@ def _in_package(filename: str) -> bool:
     return os.path.abspath(filename).startswith(_PACKAGE_DIR + os.sep)
 
 
+# One SourceLoc per user line: a loop building 100,000 nodes on three lines shares three.
+# SourceLoc is frozen; bounded like an LRU cache, cleared when full.
+_LOCS: dict[tuple[str, int, str], SourceLoc] = {}
+_LOCS_MAX = 65536
+
+
 def caller_location() -> SourceLoc | None:
     """The innermost stack frame outside the rgraph package: the user's line."""
     frame = sys._getframe(1)
     while frame is not None:
-        filename = frame.f_code.co_filename
+        code = frame.f_code
+        filename = code.co_filename
         if not _in_package(filename):
-            return construct(
-                SourceLoc, file=filename, line=frame.f_lineno, function=frame.f_code.co_name
-            )
+            key = (filename, frame.f_lineno, code.co_name)
+            loc = _LOCS.get(key)
+            if loc is None:
+                if len(_LOCS) >= _LOCS_MAX:
+                    _LOCS.clear()
+                loc = _LOCS[key] = construct(SourceLoc, file=filename, line=key[1], function=key[2])
+            return loc
         frame = frame.f_back  # type: ignore[assignment]
     return None
+
+
+# What an op without attributes derives from its input types (dtype, shape): parsed attrs,
+# their plain form and the output types. Inference is a pure function of these, and a
+# long chain repeats a few combinations many thousands of times. Bounded: cleared when full.
+_DERIVED: dict[tuple, tuple[Any, dict[str, Any], tuple[TensorType, ...]]] = {}
+_DERIVED_MAX = 65536
+
+
+def derive_without_attrs(
+    op: Op, ins: Sequence[TensorType]
+) -> tuple[Any, dict[str, Any], tuple[TensorType, ...]]:
+    """Parsed attrs, plain attrs and output types of ``op`` given no attributes, applied
+    to inputs of types ``ins``: arity check, attrs and inference, remembered. Raises what
+    those raise. The plain attrs are shared: copy them before keeping them."""
+    key = (op.name, *[(t.dtype, t.shape) for t in ins])
+    known = _DERIVED.get(key)
+    if known is None:
+        op.check_arity(len(ins))
+        a, plain = op.attrs_from_kwargs({})
+        known = (a, plain, tuple(op.infer(list(ins), a)))
+        if not op.body_names:
+            if len(_DERIVED) >= _DERIVED_MAX:
+                _DERIVED.clear()
+            _DERIVED[key] = known
+    return known
 
 
 class Value:
@@ -190,6 +227,10 @@ class Graph:
         self._counter = 0
         self._loc_override: SourceLoc | None = None
         self._scalars: dict[tuple, str] = {}  # shared scalar constants
+        # Nodes are appended once their inputs exist, so they stay in dependency order
+        # unless built from IR not known to be, or a node is replaced (``ir`` marks it).
+        self._in_order = True
+        self._replaced = False  # whether replace_node was used (see autodiff)
 
     # --- construction from existing IR (used by passes) ----------------------------
 
@@ -204,11 +245,12 @@ class Graph:
         g._outputs = list(ir.outputs)
         g._types = ir.types()
         g._counter = len(g._types)
+        g._in_order = ir.known_scheduled
         return g
 
     @property
     def ir(self) -> GraphIR:
-        return GraphIR.model_construct(
+        ir = GraphIR.model_construct(
             name=self.name,
             inputs=tuple(self._inputs),
             params=tuple(self._params),
@@ -216,6 +258,7 @@ class Graph:
             nodes=tuple(self._nodes),
             outputs=tuple(self._outputs),
         )
+        return ir.mark_scheduled() if self._in_order else ir
 
     def __str__(self) -> str:
         return str(self.ir)
@@ -238,10 +281,13 @@ class Graph:
 
     def fresh_name(self, prefix: str = "t") -> str:
         """A value name not yet used in this graph."""
+        types = self._types
+        counter = self._counter
         while True:
-            name = f"{prefix}{self._counter}"
-            self._counter += 1
-            if name not in self._types:
+            name = f"{prefix}{counter}"
+            counter += 1
+            if name not in types:
+                self._counter = counter
                 return name
 
     def input(self, name: str, shape: Sequence[dims.Dim], dtype: Any = "float64") -> Value:
@@ -323,43 +369,68 @@ class Graph:
         loc = self._loc_override or caller_location()
         if len(inputs) == 1 and isinstance(inputs[0], (list, tuple)):
             inputs = tuple(inputs[0])
-        inputs = list(inputs)
-        for name in op.input_names:
-            if name in kwargs:
-                extra = kwargs.pop(name)
-                if extra is not None:
-                    inputs.append(extra)
-        ref = next((v for v in inputs if isinstance(v, Value)), None)
-        inner = self._innermost(v.graph for v in inputs if isinstance(v, Value))
-        if inner is not self:
-            return inner.op(opname, *inputs, _name=_name, **kwargs)
-        values = [self._lift(v, ref) for v in inputs]
+        if op.input_names:
+            inputs = list(inputs)
+            for name in op.input_names:
+                if name in kwargs:
+                    extra = kwargs.pop(name)
+                    if extra is not None:
+                        inputs.append(extra)
+        ref = None
+        here = True  # every input a Value of this graph: the common case, no lifting
+        for v in inputs:
+            if isinstance(v, Value):
+                if ref is None:
+                    ref = v
+                if v.graph is not self:
+                    here = False
+            else:
+                here = False
+        if here:
+            values = inputs
+        else:
+            inner = self._innermost(v.graph for v in inputs if isinstance(v, Value))
+            if inner is not self:
+                return inner.op(opname, *inputs, _name=_name, **kwargs)
+            values = [self._lift(v, ref) for v in inputs]
         try:
-            op.check_arity(len(values))
-            a, plain = op.attrs_from_kwargs(kwargs)
-            out_types = op.infer([v.type for v in values], a)
+            if kwargs:
+                op.check_arity(len(values))
+                a, plain = op.attrs_from_kwargs(kwargs)
+                out_types = op.infer([v.type for v in values], a)
+            else:
+                a, plain, out_types = derive_without_attrs(op, [v.type for v in values])
+                plain = dict(plain)
         except GraphError as e:
             shapes = ", ".join(f"{v.name}: {v.type}" for v in values)
             raise type(e)(f"{_fmt_loc(loc)}{opname}({shapes}): {e}") from None
-        names = [self._claim(_name)] if _name is not None and len(out_types) == 1 else []
-        names += [self.fresh_name() for _ in out_types[len(names) :]]
-        outs = tuple(construct(Var, name=n, type=t) for n, t in zip(names, out_types))
+        types = self._types
+        if len(out_types) == 1:
+            t = out_types[0]
+            name = self._claim(_name) if _name is not None else self.fresh_name()
+            outs: tuple[Var, ...] = (construct(Var, name=name, type=t),)
+        else:
+            names = [self.fresh_name() for _ in out_types]
+            outs = tuple(construct(Var, name=n, type=t) for n, t in zip(names, out_types))
         self._nodes.append(
             construct(
                 Node,
                 op=opname,
-                inputs=tuple(v.name for v in values),
+                inputs=tuple([v.name for v in values]),
                 outputs=outs,
                 attrs=plain,
-                bodies={name: getattr(a, name) for name in op.body_names},
+                bodies={name: getattr(a, name) for name in op.body_names} if op.body_names else {},
                 loc=loc,
             )
         )
+        if len(outs) == 1:
+            types[name] = t
+            return Value(self, name, t)
         results = []
         for var in outs:
-            self._types[var.name] = var.type
+            types[var.name] = var.type
             results.append(Value(self, var.name, var.type))
-        return results[0] if len(results) == 1 else tuple(results)
+        return tuple(results)
 
     def _ancestors(self) -> Iterator[Graph]:
         g = self.parent
@@ -405,7 +476,7 @@ class Graph:
         """
         best = self
         for g in graphs:
-            if any(a is best for a in g._ancestors()):
+            if g is not best and any(a is best for a in g._ancestors()):
                 best = g
         return best
 
@@ -413,6 +484,9 @@ class Graph:
         """Put ``new`` where ``old`` is (it keeps old's outputs and may add more)."""
         index = next(i for i, n in enumerate(self._nodes) if n is old)
         self._nodes[index] = new
+        if new.inputs != old.inputs:  # its inputs may be made later
+            self._in_order = False
+        self._replaced = True
         for var in new.outputs:
             self._types[var.name] = var.type
 

@@ -576,15 +576,13 @@ def _decode(buf: Any, *, check_crc: bool = True, graph_problems: list | None = N
 
 
 def _unpacker() -> msgpack.Unpacker:
-    budget = [MAX_OBJECTS]
-
-    def count(n: int) -> None:
-        budget[0] -= n
-        if budget[0] < 0:
-            raise ValueError(f"more than {MAX_OBJECTS} objects in the header")
+    budget = MAX_OBJECTS  # items of all containers together (called per container: inlined)
 
     def pairs(items: list) -> dict:
-        count(len(items))
+        nonlocal budget
+        budget -= len(items)
+        if budget < 0:
+            raise ValueError(f"more than {MAX_OBJECTS} objects in the header")
         out = dict(items)
         if len(out) != len(items):
             seen: set = set()
@@ -593,7 +591,10 @@ def _unpacker() -> msgpack.Unpacker:
         return out
 
     def lists(items: list) -> list:
-        count(len(items))
+        nonlocal budget
+        budget -= len(items)
+        if budget < 0:
+            raise ValueError(f"more than {MAX_OBJECTS} objects in the header")
         return items
 
     return msgpack.Unpacker(**_LIMITS, object_pairs_hook=pairs, list_hook=lists, use_list=True)

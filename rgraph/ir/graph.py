@@ -108,6 +108,8 @@ class GraphIR(BaseModel):
 
     model_config = _STRICT
     _types: dict[str, TensorType] | None = PrivateAttr(default=None)
+    # The ``nodes`` tuple known to be in dependency order (see :meth:`mark_scheduled`).
+    _scheduled: tuple[Node, ...] | None = PrivateAttr(default=None)
 
     name: Name
     inputs: tuple[Var, ...] = ()
@@ -129,8 +131,34 @@ class GraphIR(BaseModel):
     def types(self) -> dict[str, TensorType]:
         """The type of every value the graph defines, by name (computed once; a copy)."""
         if self._types is None:
-            object.__setattr__(self, "__pydantic_private__", {"_types": self._collect_types()})
+            private = {**(self.__pydantic_private__ or {}), "_types": self._collect_types()}
+            object.__setattr__(self, "__pydantic_private__", private)
         return dict(self._types)  # type: ignore[arg-type]
+
+    def cache_types(self, types: dict[str, TensorType]) -> GraphIR:
+        """Give :meth:`types` its answer, known by the pass that built the graph; returns
+        the graph itself. ``types`` must be what :meth:`types` would compute, in its order
+        (inputs, params, consts, node outputs); it is kept, not copied."""
+        private = {**(self.__pydantic_private__ or {}), "_types": types}
+        object.__setattr__(self, "__pydantic_private__", private)
+        return self
+
+    def mark_scheduled(self) -> GraphIR:
+        """Record that the nodes are in dependency order; returns the graph itself.
+
+        For the passes that made them so (a cache, no part of the IR): :func:`schedule`
+        then returns such a graph without checking it again. The mark is kept with the
+        ``nodes`` tuple it was given for, so a copy with other nodes is not marked.
+        """
+        private = {**(self.__pydantic_private__ or {}), "_scheduled": self.nodes}
+        object.__setattr__(self, "__pydantic_private__", private)
+        return self
+
+    @property
+    def known_scheduled(self) -> bool:
+        """Whether :meth:`mark_scheduled` was called for the current nodes."""
+        private = self.__pydantic_private__
+        return private is not None and private.get("_scheduled") is self.nodes
 
     def _collect_types(self) -> dict[str, TensorType]:
         out: dict[str, TensorType] = {}

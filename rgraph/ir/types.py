@@ -20,6 +20,8 @@ SHORT = {"float32": "f32", "float64": "f64", "int32": "i32", "int64": "i64", "bo
 
 
 def _check_dim(value: int | str) -> int | str:
+    if type(value) is int and value >= 0:  # the common case, already canonical
+        return value
     if not dims.is_dim(value):
         raise ValueError(
             f"dim {value!r} is neither a non-negative int nor a symbolic name like 'T' or 'B*T'"
@@ -76,6 +78,7 @@ class TensorType(BaseModel):
 
 
 _setattr = object.__setattr__
+_new = object.__new__
 
 
 @contextlib.contextmanager
@@ -83,7 +86,8 @@ def gc_paused() -> Iterator[None]:
     """Pause the cyclic garbage collector while building or reading a large IR.
 
     Compiling or loading allocates millions of small objects that all stay alive; the
-    collector would scan them again and again (a quarter of the time, or more).
+    collector would scan them again and again (a quarter of the time, or more). Cycles
+    made meanwhile are collected with the oldest generation.
     """
     enabled = gc.isenabled()
     gc.disable()
@@ -91,7 +95,29 @@ def gc_paused() -> Iterator[None]:
         yield
     finally:
         if enabled:
+            if gc.get_freeze_count() == 0:  # (never undo a program's own gc.freeze())
+                # What was made meanwhile and still lives is the result, long-lived: move
+                # it to the oldest generation as it is (O(1)), so that the first
+                # allocation after this does not have the collector scan all of it.
+                gc.freeze()
+                gc.unfreeze()
             gc.enable()
+
+
+class _Layout:
+    """What :func:`construct` sets besides the fields, worked out once per model class."""
+
+    __slots__ = ("fields_set", "names", "private")
+
+    def __init__(self, cls: type[BaseModel]):
+        self.names = frozenset(cls.model_fields)
+        # Shared by every instance given all its fields: nothing mutates a frozen model's
+        # fields set (``model_copy`` copies it first), and one set per node is memory.
+        self.fields_set = set(self.names)
+        self.private = {k: p.default for k, p in cls.__private_attributes__.items()} or None
+
+
+_LAYOUTS: dict[type, _Layout] = {}
 
 
 def construct(cls: type[BaseModel], **fields: Any) -> Any:
@@ -100,18 +126,38 @@ def construct(cls: type[BaseModel], **fields: Any) -> Any:
     Like pydantic's ``model_construct`` without its defaults handling, for hot paths
     (a generated backward can have many thousands of nodes).
     """
-    obj = cls.__new__(cls)
+    layout = _LAYOUTS.get(cls)
+    if layout is None:
+        layout = _LAYOUTS[cls] = _Layout(cls)
+    obj = _new(cls)
     _setattr(obj, "__dict__", fields)
-    _setattr(obj, "__pydantic_fields_set__", set(fields))
+    given = layout.fields_set if fields.keys() == layout.names else set(fields)
+    _setattr(obj, "__pydantic_fields_set__", given)
     _setattr(obj, "__pydantic_extra__", None)
-    private = cls.__private_attributes__
-    _setattr(obj, "__pydantic_private__", {k: p.default for k, p in private.items()} or None)
+    _setattr(obj, "__pydantic_private__", None if layout.private is None else dict(layout.private))
     return obj
+
+
+# Types the compiler derived, by (dtype, shape): a long chain has one type, not one per
+# node. TensorType is frozen, so sharing one instance is safe. Bounded (cleared when full)
+# so that a process building graphs of ever new shapes does not grow it without end.
+_TYPES: dict[tuple[str, tuple[int | str, ...]], TensorType] = {}
+_TYPES_MAX = 65536
 
 
 def make_type(dtype: str, shape: tuple[int | str, ...]) -> TensorType:
     """A TensorType from values the compiler derived itself (no re-validation)."""
-    return construct(TensorType, dtype=dtype, shape=tuple(shape))
+    shape = tuple(shape)
+    key = (dtype, shape)
+    t = _TYPES.get(key)
+    if t is None:
+        t = construct(TensorType, dtype=dtype, shape=shape)
+        # Only plain dims are kept: an equal key (np.int64(3) == 3) then gets plain ints.
+        if all(type(d) is int or type(d) is str for d in shape):
+            if len(_TYPES) >= _TYPES_MAX:
+                _TYPES.clear()
+            _TYPES[key] = t
+    return t
 
 
 def dtype_name(dtype: object) -> str:

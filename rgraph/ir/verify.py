@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+from rgraph.builder import derive_without_attrs
 from rgraph.errors import (
     DuplicateValueError,
     GraphError,
@@ -36,31 +37,39 @@ def problems(graph: GraphIR) -> list[GraphError]:
     errors: list[GraphError] = []
     types: dict[str, TensorType] = {}
 
-    def define(name: str, t: TensorType, what: str) -> None:
-        if name in types:
-            errors.append(DuplicateValueError(f"{what} '{name}' redefines a value of that name"))
-        types[name] = t
+    def redefined(name: str, what: str) -> None:
+        errors.append(DuplicateValueError(f"{what} '{name}' redefines a value of that name"))
 
     for v in graph.inputs:
-        define(v.name, v.type, "input")
+        if v.name in types:
+            redefined(v.name, "input")
+        types[v.name] = v.type
     for p in graph.params:
-        define(p.name, p.type, "param")
+        if p.name in types:
+            redefined(p.name, "param")
+        types[p.name] = p.type
         if not p.type.is_concrete:
             errors.append(ShapeError(f"param '{p.name}' has a symbolic shape {p.type}"))
     for c in graph.consts:
-        define(c.name, c.type, "const")
+        if c.name in types:
+            redefined(c.name, "const")
+        types[c.name] = c.type
         errors.extend(_check_const(c))
     for node in graph.nodes:
         for out in node.outputs:
-            define(out.name, out.type, f"output of node {_label(node)}")
+            if out.name in types:
+                redefined(out.name, f"output of node {_label(node)}")
+            types[out.name] = out.type
     incomplete: set[int] = set()
     for i, node in enumerate(graph.nodes):
-        missing = [name for name in node.inputs if name not in types]
-        if missing:
-            incomplete.add(i)
-            errors.append(
-                UndefinedValueError(f"node {_label(node)} uses undefined value(s) {missing}")
-            )
+        for name in node.inputs:
+            if name not in types:
+                missing = [name for name in node.inputs if name not in types]
+                incomplete.add(i)
+                errors.append(
+                    UndefinedValueError(f"node {_label(node)} uses undefined value(s) {missing}")
+                )
+                break
     for name in graph.outputs:
         if name not in types:
             errors.append(UndefinedValueError(f"graph output '{name}' is not defined"))
@@ -86,15 +95,19 @@ def problems(graph: GraphIR) -> list[GraphError]:
 
 def _check_node(node: Node, types: dict[str, TensorType]) -> None:
     op = get_op(node.op)
-    op.check_arity(len(node.inputs))
-    a = op.node_attrs(node)
-    derived = op.infer([types[i] for i in node.inputs], a)
-    declared = [o.type for o in node.outputs]
-    if len(derived) != len(declared):
-        raise GraphError(f"declares {len(declared)} outputs, op '{node.op}' gives {len(derived)}")
-    for out, want in zip(node.outputs, derived):
-        if out.type != want:
-            raise ShapeError(f"output '{out.name}' is declared {out.type}, op derives {want}")
+    ins = [types[i] for i in node.inputs]
+    if not node.attrs and not node.bodies:  # the common case: remembered by type
+        derived = derive_without_attrs(op, ins)[2]
+    else:
+        op.check_arity(len(node.inputs))
+        derived = op.infer(ins, op.node_attrs(node))
+    outputs = node.outputs
+    if len(derived) != len(outputs):
+        raise GraphError(f"declares {len(outputs)} outputs, op '{node.op}' gives {len(derived)}")
+    for out, want in zip(outputs, derived):
+        t = out.type
+        if t is not want and (t.dtype != want.dtype or t.shape != want.shape):
+            raise ShapeError(f"output '{out.name}' is declared {t}, op derives {want}")
 
 
 def _check_const(c) -> list[GraphError]:

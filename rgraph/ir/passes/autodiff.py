@@ -48,7 +48,8 @@ def autodiff(
     return y, x.grad``
     """
     graph = schedule(graph)
-    types = graph.types()
+    b = Graph.from_ir(graph)
+    types = b._types  # the forward's types; the backward only adds names to it
     if loss is None and not cotangents:
         raise GraphError("autodiff needs a scalar loss or outputs given cotangents")
     for name in (*wrt, *([loss] if loss else []), *cotangents):
@@ -64,10 +65,10 @@ def autodiff(
 
     active = set(wrt)
     for node in graph.nodes:
-        if active.intersection(node.inputs):
-            active.update(o.name for o in node.outputs)
+        if not active.isdisjoint(node.inputs):
+            for o in node.outputs:
+                active.add(o.name)
 
-    b = Graph.from_ir(graph)
     pending: dict[str, list[Value]] = {}
     if loss is not None:
         pending[loss] = [b.full_like(b.value(loss), value=1.0)]
@@ -76,16 +77,26 @@ def autodiff(
         pending.setdefault(name, []).append(seed)
 
     for node in reversed(graph.nodes):
-        if not any(o.name in pending for o in node.outputs):
+        outs = node.outputs
+        if len(outs) == 1:
+            if outs[0].name not in pending:
+                continue
+        elif not any(o.name in pending for o in outs):
             continue
-        if not active.intersection(node.inputs):
+        if active.isdisjoint(node.inputs):
             continue
         _backprop(b, node, pending, active, types)
 
     for name in wrt:
         contributions = pending.get(name) or [b.full_like(b.value(name), value=0.0)]
         b.output(_accumulate(b, contributions, name=grad_name(name)))
-    return b.ir
+    ir = b.ir
+    counts = (len(ir.inputs), len(ir.params), len(ir.consts))
+    if counts == (len(graph.inputs), len(graph.params), len(graph.consts)) and not b._replaced:
+        # The builder's types are the forward's, in order, then the new nodes' outputs in
+        # node order: what ir.types() would compute (the interpreter asks for it).
+        ir.cache_types(b._types)
+    return ir
 
 
 def _backprop(
@@ -102,14 +113,31 @@ def _backprop(
             f"cannot differentiate through op '{node.op}' (node"
             f" {', '.join(o.name for o in node.outputs)}{where}): it has no VJP rule"
         )
-    with b.location(node.loc):
-        cts = [
-            _accumulate(b, pending.pop(o.name)) if o.name in pending else None for o in node.outputs
-        ]
-        grads = op.vjp_node(b, node, cts, [name in active for name in node.inputs])
-        for name, grad in zip(node.inputs, grads):
-            if grad is not None and name in active:
-                pending.setdefault(name, []).append(_unbroadcast(b, grad, types[name]))
+    saved, b._loc_override = b._loc_override, node.loc  # b.location(node.loc), inlined
+    try:
+        cts: list[Value | None] = []
+        for o in node.outputs:
+            contributions = pending.pop(o.name, None)
+            if contributions is None:
+                cts.append(None)
+            else:
+                cts.append(
+                    contributions[0] if len(contributions) == 1 else _accumulate(b, contributions)
+                )
+        needs = [name in active for name in node.inputs]
+        grads = op.vjp_node(b, node, cts, needs)
+        for name, need, grad in zip(node.inputs, needs, grads):
+            if grad is not None and need:
+                target = types[name]
+                if grad.type.shape != target.shape:
+                    grad = _unbroadcast(b, grad, target)
+                contributions = pending.get(name)
+                if contributions is None:
+                    pending[name] = [grad]
+                else:
+                    contributions.append(grad)
+    finally:
+        b._loc_override = saved
 
 
 def _accumulate(b: Graph, values: list[Value], name: str | None = None) -> Value:

@@ -29,20 +29,27 @@ def cse(graph: GraphIR) -> GraphIR:
     seen: dict[tuple, tuple[str, ...]] = {}
     nodes = []
     for node in graph.nodes:
-        inputs = tuple(rename.get(i, i) for i in node.inputs)
-        if inputs != node.inputs:
-            node = node.model_copy(update={"inputs": inputs})
+        inputs = node.inputs
+        if rename:
+            renamed = tuple([rename.get(i, i) for i in inputs])
+            if renamed != inputs:
+                inputs = renamed
+                node = node.model_copy(update={"inputs": inputs})
         if node.bodies:
             nodes.append(node)
             continue
-        key = (node.op, inputs, freeze(node.attrs))
-        names = tuple(o.name for o in node.outputs)
+        key = (node.op, inputs, freeze(node.attrs) if node.attrs else ())
+        outs = node.outputs
+        names = (outs[0].name,) if len(outs) == 1 else tuple(o.name for o in outs)
         first = seen.get(key)
         if first is not None and not outputs.intersection(names):
             rename.update(zip(names, first))
             continue
-        seen.setdefault(key, names)
+        if first is None:
+            seen[key] = names
         nodes.append(node)
     if not rename:
         return graph
-    return graph.replace(nodes=tuple(nodes), consts=tuple(consts))
+    merged = graph.replace(nodes=tuple(nodes), consts=tuple(consts))
+    # A use now names the first of equal values, made before: the order still holds.
+    return merged.mark_scheduled() if graph.known_scheduled else merged

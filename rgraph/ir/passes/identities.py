@@ -28,13 +28,19 @@ def _forward(graph: GraphIR, keep_outputs: bool) -> GraphIR:
             source[node.outputs[0].name] = source.get(x, x)
             changed = True
             continue
-        inputs = tuple(source.get(i, i) for i in node.inputs)
-        bodies = {k: _forward(b, keep_outputs=False) for k, b in node.bodies.items()}
-        if inputs != node.inputs or any(bodies[k] is not node.bodies[k] for k in bodies):
-            node = node.model_copy(update={"inputs": inputs, "bodies": bodies})
+        inputs = tuple([source.get(i, i) for i in node.inputs]) if source else node.inputs
+        if node.bodies:
+            bodies = {k: _forward(b, keep_outputs=False) for k, b in node.bodies.items()}
+            if inputs != node.inputs or any(bodies[k] is not node.bodies[k] for k in bodies):
+                node = node.model_copy(update={"inputs": inputs, "bodies": bodies})
+                changed = True
+        elif inputs != node.inputs:
+            node = node.model_copy(update={"inputs": inputs, "bodies": {}})
             changed = True
         nodes.append(node)
     if not changed:
         return graph
     outputs = tuple(source.get(o, o) for o in graph.outputs)
-    return graph.replace(nodes=tuple(nodes), outputs=outputs)
+    forwarded = graph.replace(nodes=tuple(nodes), outputs=outputs)
+    # A use of ``y = identity(x)`` now reads ``x``, made before: the order still holds.
+    return forwarded.mark_scheduled() if graph.known_scheduled else forwarded

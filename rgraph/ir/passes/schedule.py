@@ -23,12 +23,15 @@ def schedule(graph: GraphIR) -> GraphIR:
 
     Before: ``b = tanh(a); a = neg(x)``  After: ``a = neg(x); b = tanh(a)``
     """
+    if graph.known_scheduled:
+        return graph
     nodes = graph.nodes
     producer: dict[str, int] = {}
     for i, node in enumerate(nodes):
         for out in node.outputs:
             producer[out.name] = i
-    in_order = True
+    if _in_order(nodes, producer):
+        return graph.mark_scheduled()
     waiting = [0] * len(nodes)
     users: list[list[int]] = [[] for _ in nodes]
     for i, node in enumerate(nodes):
@@ -37,9 +40,6 @@ def schedule(graph: GraphIR) -> GraphIR:
             if p is not None:
                 waiting[i] += 1
                 users[p].append(i)
-                in_order = in_order and p < i
-    if in_order:
-        return graph
     ready = [i for i, w in enumerate(waiting) if w == 0]
     heapq.heapify(ready)
     order: list[int] = []
@@ -58,7 +58,17 @@ def schedule(graph: GraphIR) -> GraphIR:
         blocked = sum(w > 0 for w in waiting) - len(cycle)
         also = f" (and {blocked} node(s) waiting on it)" if blocked else ""
         raise CycleError(f"graph '{graph.name}' has a cycle of {len(cycle)} nodes: {shown}{also}")
-    return graph.replace(nodes=tuple(nodes[i] for i in order))
+    return graph.replace(nodes=tuple([nodes[i] for i in order])).mark_scheduled()
+
+
+def _in_order(nodes: tuple[Node, ...], producer: dict[str, int]) -> bool:
+    """Whether every node's inputs are made by nodes before it (or by none)."""
+    get = producer.get
+    for i, node in enumerate(nodes):
+        for name in node.inputs:
+            if get(name, -1) >= i:
+                return False
+    return True
 
 
 def _find_cycle(nodes: tuple[Node, ...], producer: dict[str, int], waiting: list[int]) -> list[int]:
