@@ -19,6 +19,8 @@ from rgraph.ir.passes import (
     forward_identities,
     hoist,
     merge_matmuls,
+    merge_pieces,
+    pack_loop_io,
     prune,
     schedule,
     sink,
@@ -171,5 +173,10 @@ def _compile(graph, outputs, loss, wrt, cotangents, optimize, check_finite) -> P
             stages["sink"] = ir = sink(ir)
             stages["contract"] = ir = contract(ir)
         stages["cse"] = ir = cse(ir)
+        if not check_finite:
+            stages["merge_pieces"] = ir = merge_pieces(ir)
+            stages["pack_loop_io"] = ir = pack_loop_io(ir)
+            stages["merge_packed_pieces"] = ir = merge_pieces(ir)
+            stages["hoist_packed"] = ir = hoist(ir)
         stages["prune_after_cse"] = ir = prune(ir)
     return Program(stages, names, targets, cot, check_finite)

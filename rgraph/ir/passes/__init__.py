@@ -5,7 +5,9 @@ from rgraph.ir.passes.contract import contract
 from rgraph.ir.passes.cse import cse
 from rgraph.ir.passes.hoist import hoist
 from rgraph.ir.passes.identities import forward_identities
+from rgraph.ir.passes.loop_io import pack_loop_io
 from rgraph.ir.passes.merge import merge_matmuls
+from rgraph.ir.passes.pieces import merge_pieces
 from rgraph.ir.passes.prune import prune
 from rgraph.ir.passes.schedule import schedule
 from rgraph.ir.passes.sink import sink
@@ -17,6 +19,8 @@ __all__ = [
     "forward_identities",
     "hoist",
     "merge_matmuls",
+    "merge_pieces",
+    "pack_loop_io",
     "prune",
     "schedule",
     "sink",

@@ -1,0 +1,264 @@
+"""Elementwise work on the pieces of a split, or on what a concat joins, done on the whole.
+
+Stacked gate weights (``merge_matmuls``) give one product and a ``split`` into gates; the
+gates then go through the same ops one by one: an LSTM step adds four gate inputs and
+calls ``sigmoid`` three times, and its backward multiplies four gate gradients before
+joining them. An elementwise op commutes with ``split`` and ``concat``, so each family
+is one call on the whole array (or on a slice of consecutive pieces), split afterwards:
+fewer, larger calls, which is what a numpy loop body needs.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from rgraph.ir.graph import GraphIR, Node, Var
+from rgraph.ir.op import broadcast_shapes, get_op, normalize_axis
+from rgraph.ir.ops.elementwise import Binary, Unary
+from rgraph.ir.passes.merge import FreshNames, make_node
+from rgraph.ir.passes.prune import prune
+from rgraph.ir.passes.schedule import schedule
+from rgraph.ir.types import TensorType, construct, make_type
+
+
+def merge_pieces(graph: GraphIR) -> GraphIR:
+    """Apply elementwise ops to whole arrays instead of their pieces (loop bodies too).
+
+    Before::
+
+        i, f = split[axis=-1](z); u, v = split[axis=-1](w)
+        a = add(i, u); b = add(f, v); sa = sigmoid(a); sb = sigmoid(b)
+
+    After::
+
+        s = add(z, w); a, b = split[axis=-1](s)
+        t = sigmoid(s); sa, sb = split[axis=-1](t)
+
+    Likewise ``concat(mul(p, q), mul(r, s))`` becomes ``mul(concat(p, r), concat(q, s))``,
+    where a concat of all the pieces of a split, in order, is the split's input.
+    """
+    nodes = list(graph.nodes)
+    for i, n in enumerate(nodes):
+        if n.bodies:
+            bodies = {k: merge_pieces(b) for k, b in n.bodies.items()}
+            if any(bodies[k] is not n.bodies[k] for k in bodies):
+                nodes[i] = n.model_copy(update={"bodies": bodies})
+    current = graph.replace(nodes=tuple(nodes)) if nodes != list(graph.nodes) else graph
+    for _ in range(8):  # each round can expose the next (adds, then activations)
+        rewritten = _Rewriter(current).run()
+        if rewritten is None:
+            break
+        current = rewritten
+    return current
+
+
+class _Rewriter:
+    def __init__(self, graph: GraphIR):
+        self.graph = graph
+        self.types = graph.types()
+        self.names = FreshNames(self.types)
+        self.producer = {o.name: n for n in graph.nodes for o in n.outputs}
+        self.users: dict[str, list[Node]] = defaultdict(list)
+        for n in graph.nodes:
+            for i in n.inputs:
+                self.users[i].append(n)
+        self.outputs = set(graph.outputs)
+        self.fixed = {p.name for p in graph.params} | {c.name for c in graph.consts}
+        self.removed: set[int] = set()
+        self.added: list[Node] = []
+
+    def run(self) -> GraphIR | None:
+        for n in self.graph.nodes:
+            if n.op == "split" and len(n.outputs) > 1:
+                self._ops_on_pieces(n)
+        for n in self.graph.nodes:
+            if n.op == "concat" and len(n.inputs) > 1 and id(n) not in self.removed:
+                self._concat_of_ops(n)
+        if not self.added:
+            return None
+        kept = [n for n in self.graph.nodes if id(n) not in self.removed]
+        return prune(schedule(self.graph.replace(nodes=tuple(kept + self.added))))
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _var(self, t: TensorType) -> Var:
+        return construct(Var, name=self.names.fresh("piece"), type=t)
+
+    def _add(self, op: str, inputs: tuple, outputs: tuple, attrs: dict, loc) -> None:
+        self.added.append(make_node(op, inputs, outputs, attrs, loc))
+
+    def _free(self, n: Node) -> bool:
+        """Whether ``n`` is still there to be rewritten (no rule took it yet)."""
+        return id(n) not in self.removed
+
+    # -- split: ops applied to its pieces ---------------------------------------------------
+
+    def _ops_on_pieces(self, split: Node) -> None:
+        x = self.types[split.inputs[0]]
+        a = get_op("split").node_attrs(split)
+        axis = normalize_axis(a.axis, x.rank)
+        sizes = list(a.sizes)
+        pieces = [o.name for o in split.outputs]
+        # (op, attrs, position of the piece) -> piece index -> the node taking it there
+        families: dict[tuple, dict[int, Node]] = defaultdict(dict)
+        for i, p in enumerate(pieces):
+            for n in self.users[p]:
+                op = get_op(n.op)
+                if not isinstance(op, (Binary, Unary)) or not self._free(n):
+                    continue
+                if n.outputs[0].type != self.types[p] or n.inputs.count(p) != 1:
+                    continue
+                key = (n.op, tuple(sorted(n.attrs.items())), n.inputs.index(p))
+                families[key].setdefault(i, n)
+        for (opname, _, pos), members in families.items():
+            if isinstance(get_op(opname), Unary):
+                self._unary_runs(split, x, axis, sizes, members)
+            elif len(members) == len(pieces):
+                self._binary_whole(
+                    split, x, axis, sizes, [members[i] for i in range(len(pieces))], pos
+                )
+
+    def _unary_runs(self, split: Node, x: TensorType, axis: int, sizes: list, members) -> None:
+        """``f`` on consecutive pieces: ``f`` on the slice that holds them, then split."""
+        if not all(isinstance(s, int) for s in sizes):
+            return
+        i = 0
+        while i < len(sizes):
+            if i not in members:
+                i += 1
+                continue
+            j = i
+            while j + 1 in members:
+                j += 1
+            run = [members[k] for k in range(i, j + 1)]
+            if len(run) >= 2 and all(self._free(n) for n in run):
+                self._apply_to_range(split, x, axis, sizes, i, j, run)
+            i = j + 1
+
+    def _apply_to_range(self, split, x, axis, sizes, i, j, run) -> None:
+        source = split.inputs[0]
+        lo, hi = sum(sizes[:i]), sum(sizes[: j + 1])
+        loc = run[0].loc
+        if (i, j) != (0, len(sizes) - 1):
+            shape = list(x.shape)
+            shape[axis] = hi - lo
+            part = self._var(make_type(x.dtype, tuple(shape)))
+            self._add("slice", (source,), (part,), {"axis": axis, "start": lo, "stop": hi}, loc)
+            source, x = part.name, part.type
+        whole = self._var(make_type(run[0].outputs[0].type.dtype, x.shape))
+        self._add(run[0].op, (source,), (whole,), dict(run[0].attrs), loc)
+        outs = tuple(n.outputs[0] for n in run)
+        self._add("split", (whole.name,), outs, {"axis": axis, "sizes": sizes[i : j + 1]}, loc)
+        self.removed.update(id(n) for n in run)
+
+    def _binary_whole(self, split, x, axis, sizes, members: list[Node], pos: int) -> None:
+        """``f(piece_i, q_i)`` for every piece: ``f(x, q)`` once, then split."""
+        if not all(self._free(n) for n in members):
+            return
+        others = [n.inputs[1 - pos] for n in members]
+        loc = members[0].loc
+        other = self._whole_operand(others, x, axis, sizes, loc)
+        if other is None:
+            return
+        inputs = (split.inputs[0], other) if pos == 0 else (other, split.inputs[0])
+        out_type = make_type(members[0].outputs[0].type.dtype, x.shape)
+        whole = self._var(out_type)
+        self._add(members[0].op, inputs, (whole,), dict(members[0].attrs), loc)
+        outs = tuple(n.outputs[0] for n in members)
+        self._add("split", (whole.name,), outs, {"axis": axis, "sizes": sizes}, loc)
+        self.removed.update(id(n) for n in members)
+
+    def _whole_operand(self, others: list[str], x: TensorType, axis: int, sizes, loc) -> str | None:
+        """One operand standing for ``others`` (one per piece) against the whole ``x``."""
+        first = self.producer.get(others[0])
+        if (
+            first is not None
+            and first.op == "split"
+            and [o.name for o in first.outputs] == others
+            and self.types[first.inputs[0]].shape == x.shape
+            and normalize_axis(get_op("split").node_attrs(first).axis, x.rank) == axis
+        ):
+            return first.inputs[0]  # the pieces of an array split the same way
+        types = [self.types[o] for o in others]
+        offset = x.rank - types[0].rank  # where x's axis falls in the operand, if at all
+        if len(set(others)) == 1:  # one value for every piece: it must not vary on the axis
+            t = types[0]
+            along = axis - offset
+            if along < 0 or t.shape[along] == 1:
+                return others[0] if broadcast_shapes(t.shape, x.shape) == x.shape else None
+            return None
+        # One operand per piece, joined: only parameters and constants (biases), which
+        # cannot depend on the pieces; joining anything else costs what it saves.
+        along = axis - offset
+        if any(o not in self.fixed for o in others):
+            return None
+        if along < 0 or any(t.rank != types[0].rank for t in types):
+            return None
+        if [t.shape[along] for t in types] != list(sizes):
+            return None
+        shape = list(types[0].shape)
+        shape[along] = x.shape[axis]
+        if (
+            any(
+                [d for k, d in enumerate(t.shape) if k != along]
+                != [d for k, d in enumerate(shape) if k != along]
+                for t in types
+            )
+            or broadcast_shapes(tuple(shape), x.shape) != x.shape
+        ):
+            return None
+        joined = self._var(make_type(types[0].dtype, tuple(shape)))
+        self._add("concat", tuple(others), (joined,), {"axis": along}, loc)
+        return joined.name
+
+    # -- concat: of results of one op ---------------------------------------------------
+
+    def _concat_of_ops(self, concat: Node) -> None:
+        """``concat(f(a_i, b_i))``: ``f(concat(a_i), concat(b_i))`` when that is fewer calls."""
+        parts = [self.producer.get(i) for i in concat.inputs]
+        first = parts[0]
+        if first is None or not isinstance(get_op(first.op), (Binary, Unary)):
+            return
+        for n, name in zip(parts, concat.inputs):
+            if (
+                n is None
+                or n.op != first.op
+                or n.attrs != first.attrs
+                or not self._free(n)
+                or len(self.users[name]) != 1
+                or name in self.outputs
+                or concat.inputs.count(name) != 1
+                or any(self.types[i] != n.outputs[0].type for i in n.inputs)
+            ):
+                return
+        out = concat.outputs[0]
+        axis = normalize_axis(get_op("concat").node_attrs(concat).axis, out.type.rank)
+        operands, calls = [], 1
+        for side in range(len(first.inputs)):
+            names = [n.inputs[side] for n in parts]
+            whole = self._split_source(names, axis)
+            operands.append(whole)
+            calls += whole is None
+        if calls >= len(parts) + 1:  # k calls and the concat: no fewer
+            return
+        loc = concat.loc
+        inputs = []
+        for side, whole in enumerate(operands):
+            if whole is None:
+                joined = self._var(make_type(self.types[first.inputs[side]].dtype, out.type.shape))
+                names = tuple(n.inputs[side] for n in parts)
+                self._add("concat", names, (joined,), {"axis": axis}, loc)
+                whole = joined.name
+            inputs.append(whole)
+        self._add(first.op, tuple(inputs), (out,), dict(first.attrs), loc)
+        self.removed.update(id(n) for n in parts)
+        self.removed.add(id(concat))
+
+    def _split_source(self, names: list[str], axis: int) -> str | None:
+        """The array whose split along ``axis`` gives exactly ``names``, in order."""
+        n = self.producer.get(names[0])
+        if n is None or n.op != "split" or [o.name for o in n.outputs] != names:
+            return None
+        x = self.types[n.inputs[0]]
+        split_axis = normalize_axis(get_op("split").node_attrs(n).axis, x.rank)
+        return n.inputs[0] if split_axis == axis else None
