@@ -174,9 +174,12 @@ def _compile(graph, outputs, loss, wrt, cotangents, optimize, check_finite) -> P
             stages["contract"] = ir = contract(ir)
         stages["cse"] = ir = cse(ir)
         if not check_finite:
-            stages["merge_pieces"] = ir = merge_pieces(ir)
-            stages["pack_loop_io"] = ir = pack_loop_io(ir)
-            stages["merge_packed_pieces"] = ir = merge_pieces(ir)
+            for round in ("", ".2", ".3"):  # each can expose work for the other
+                before = ir
+                stages["merge_pieces" + round] = ir = merge_pieces(ir)
+                stages["pack_loop_io" + round] = ir = pack_loop_io(ir)
+                if ir is before:
+                    break
             stages["hoist_packed"] = ir = hoist(ir)
         stages["prune_after_cse"] = ir = prune(ir)
     return Program(stages, names, targets, cot, check_finite)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 from pydantic import Field
 
@@ -176,14 +178,11 @@ class Split(Op):
 
     def kernel(self, a, ctx):
         ends = np.cumsum(_resolve(a.sizes, ctx.dims)).tolist()
-        pieces = list(zip([0, *ends[:-1]], ends))
-        axis = a.axis
-
-        def split(x):  # basic slicing: views, and far cheaper than np.split
-            lead = (slice(None),) * (axis % x.ndim)
-            return tuple(x[(*lead, slice(lo, hi))] for lo, hi in pieces)
-
-        return split
+        # Basic slicing (views, far cheaper than np.split), the indices made once.
+        index = [_along(a.axis, slice(lo, hi)) for lo, hi in zip([0, *ends[:-1]], ends)]
+        if len(index) == 1:
+            return lambda x: (x[index[0]],)
+        return operator.itemgetter(*index)
 
     def vjp(self, g, a, ins, outs, cts):
         parts = [ct if ct is not None else g.full_like(o, value=0.0) for ct, o in zip(cts, outs)]
@@ -197,10 +196,12 @@ class SliceAttrs(Attrs):
     step: int = Field(default=1, ge=1)
 
 
-def _index(a, rank):
-    index = [slice(None)] * rank
-    index[a.axis] = slice(a.start, a.stop, a.step)
-    return tuple(index)
+def _along(axis: int, index: slice) -> tuple:
+    """An index taking ``index`` along ``axis`` and everything elsewhere, for any rank
+    (a negative axis counts from the end)."""
+    if axis >= 0:
+        return (*(slice(None),) * axis, index)
+    return (Ellipsis, index, *(slice(None),) * (-axis - 1))
 
 
 def _sliced(t, a):
@@ -240,12 +241,14 @@ class Slice(Op):
         return {**a.model_dump(), "axis": shift_axis(a.axis)}
 
     def kernel(self, a, ctx):
+        index = _along(a.axis, slice(a.start, a.stop, a.step))
+
         def take(x):
             if a.stop is not None and a.stop > x.shape[a.axis]:
                 raise IndexError(
                     f"slice stop {a.stop} is past dim {x.shape[a.axis]} of axis {a.axis}"
                 )
-            return x[_index(a, x.ndim)]
+            return x[index]
 
         return take
 
@@ -270,9 +273,11 @@ class SliceGrad(Op):
         return [ref]
 
     def kernel(self, a, ctx):
+        index = _along(a.axis, slice(a.start, a.stop, a.step))
+
         def scatter(upd, ref):
             out = np.zeros_like(ref)
-            out[_index(a, ref.ndim)] = upd
+            out[index] = upd
             return out
 
         return scatter

@@ -85,8 +85,9 @@ def _hoist_scan(b: Graph, node: Node) -> None:
     xs_in: list[tuple[Var, Value]] = []
     ks_in: list[tuple[Var, Value]] = []
     types = body.types()
+    consts = {c.name for c in body.consts}
     for name, (kind, value) in outer.items():
-        if name not in needed:
+        if name not in needed or name in consts:  # a constant stays one in the body
             continue
         var = construct(Var, name=name, type=types[name])
         (xs_in if kind == STACKED else ks_in).append((var, value))

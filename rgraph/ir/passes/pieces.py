@@ -71,6 +71,7 @@ class _Rewriter:
         for n in self.graph.nodes:
             if n.op == "split" and len(n.outputs) > 1:
                 self._ops_on_pieces(n)
+                self._lone_piece(n)
         for n in self.graph.nodes:
             if n.op == "concat" and len(n.inputs) > 1 and id(n) not in self.removed:
                 self._concat_of_ops(n)
@@ -117,6 +118,19 @@ class _Rewriter:
                 self._binary_whole(
                     split, x, axis, sizes, [members[i] for i in range(len(pieces))], pos
                 )
+
+    def _lone_piece(self, split: Node) -> None:
+        """A split of which one piece is used: a slice making only that piece."""
+        outs = [o.name for o in split.outputs]
+        used = [k for k, o in enumerate(outs) if self.users[o] or o in self.outputs]
+        a = get_op("split").node_attrs(split)
+        if len(used) != 1 or not all(isinstance(s, int) for s in a.sizes) or not self._free(split):
+            return
+        k = used[0]
+        lo = sum(a.sizes[:k])
+        attrs = {"axis": a.axis, "start": lo, "stop": lo + a.sizes[k]}
+        self._add("slice", split.inputs, (split.outputs[k],), attrs, split.loc)
+        self.removed.add(id(split))
 
     def _unary_runs(self, split: Node, x: TensorType, axis: int, sizes: list, members) -> None:
         """``f`` on consecutive pieces: ``f`` on the slice that holds them, then split."""
