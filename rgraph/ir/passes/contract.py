@@ -25,15 +25,23 @@ def contract(graph: GraphIR) -> GraphIR:
     After: ``x2 = reshape(x, [T*B, m]); y2 = reshape(y, [T*B, n]);
     s = matmul[transpose_a=true](x2, y2)``
     """
-    types = graph.types()
-    uses: dict[str, int] = {}
+    # Only sums of single-use products qualify: find those before building anything.
+    summed = {n.inputs[0] for n in graph.nodes if n.op == "sum"}
+    products = {
+        o.name: n for n in graph.nodes if n.op == "matmul" for o in n.outputs if o.name in summed
+    }
+    if not products and not any(n.bodies for n in graph.nodes):
+        return graph
+    uses = dict.fromkeys(products, 0)
     for n in graph.nodes:
         for i in n.inputs:
-            uses[i] = uses.get(i, 0) + 1
+            if i in uses:
+                uses[i] += 1
     for o in graph.outputs:
-        uses[o] = uses.get(o, 0) + 1
-    producer = {o.name: n for n in graph.nodes for o in n.outputs}
-    names = FreshNames(types)
+        if o in uses:
+            uses[o] += 1
+    types = graph.types()
+    names = FreshNames(types) if products else None
     nodes: list[Node] = []
     changed = False
     for n in graph.nodes:
@@ -42,7 +50,7 @@ def contract(graph: GraphIR) -> GraphIR:
             if any(bodies[k] is not n.bodies[k] for k in bodies):
                 n = n.model_copy(update={"bodies": bodies})
                 changed = True
-        p = producer.get(n.inputs[0]) if n.op == "sum" and n.inputs else None
+        p = products.get(n.inputs[0]) if n.op == "sum" else None
         folded = _fold(n, p, types, uses, names) if p is not None else None
         if folded is None:
             nodes.append(n)

@@ -37,6 +37,8 @@ def merge_pieces(graph: GraphIR) -> GraphIR:
     Likewise ``concat(mul(p, q), mul(r, s))`` becomes ``mul(concat(p, r), concat(q, s))``,
     where a concat of all the pieces of a split, in order, is the split's input.
     """
+    if not any(n.op in ("split", "concat") or n.bodies for n in graph.nodes):
+        return graph
     nodes = list(graph.nodes)
     for i, n in enumerate(nodes):
         if n.bodies:
