@@ -37,6 +37,9 @@ def merge_matmuls(graph: GraphIR) -> GraphIR:
     for (x, _, tb, dtype), members in groups.items():
         if len(members) < 2:
             continue
+        members = _independent(nodes, members)
+        if len(members) < 2:
+            continue
         group = [nodes[i] for i in members]
         weights = [types[n.inputs[1]] for n in group]
         widths = [w.shape[0] if tb else w.shape[1] for w in weights]
@@ -102,3 +105,13 @@ class FreshNames:
         name = f"{prefix}{self.count}"
         self.taken.add(name)
         return name
+
+
+def _independent(nodes: list[Node], members: list[int]) -> list[int]:
+    """The members whose weight does not depend on any member's product: one product
+    of all the weights needs every weight before any of the products."""
+    tainted = {n.outputs[0].name for n in (nodes[i] for i in members)}
+    for n in nodes:  # in schedule order
+        if not tainted.isdisjoint(n.inputs):
+            tainted.update(o.name for o in n.outputs)
+    return [i for i in members if nodes[i].inputs[1] not in tainted]

@@ -165,16 +165,7 @@ def _sink_scan(b: Graph, node: Node, renames: dict[str, str]) -> bool:
     nc, nx = a.num_carry, a.num_xs
     steps = _steps_dim([b.value(i).type for i in node.inputs], a)
     plan = _Plan(body, nc, nx, steps)
-    if not plan.worthwhile:
-        if body is not a.body:
-            b.replace_node(node, node.model_copy(update={"bodies": {"body": body}}))
-        return False
-
     names = [v.name for v in body.inputs]
-    outer: dict[str, Value] = {n: b.value(o) for n, o in zip(names[nc:], node.inputs[nc:])}
-    for c in body.consts:
-        data = np.array(c.data, dtype=c.type.dtype).reshape(c.type.shape)
-        outer[c.name] = b.const(data, dtype=c.type.dtype)
 
     # The new loop: the carries it still threads, the ys it still makes, extra ys.
     carry_ix = [k for k in range(nc) if k not in plan.accumulators]
@@ -185,6 +176,16 @@ def _sink_scan(b: Graph, node: Node, renames: dict[str, str]) -> bool:
     read = {i for n in plan.kept for i in n.inputs} | set(new_outputs)
     xs_kept = [x for x in plan.xs if x in read]
     ks_kept = [k for k in names[nc + nx :] if k in read]
+    # A loop with outputs but no inputs (only constants left in it) cannot be a scan.
+    if not plan.worthwhile or (new_outputs and not (carry_ix or xs_kept or ks_kept)):
+        if body is not a.body:
+            b.replace_node(node, node.model_copy(update={"bodies": {"body": body}}))
+        return False
+
+    outer: dict[str, Value] = {n: b.value(o) for n, o in zip(names[nc:], node.inputs[nc:])}
+    for c in body.consts:
+        data = np.array(c.data, dtype=c.type.dtype).reshape(c.type.shape)
+        outer[c.name] = b.const(data, dtype=c.type.dtype)
     new_body = prune(
         body.replace(
             inputs=(
@@ -197,21 +198,26 @@ def _sink_scan(b: Graph, node: Node, renames: dict[str, str]) -> bool:
         )
     )
     with b.location(node.loc):
-        out = b.op(
-            "scan",
-            *(b.value(node.inputs[k]) for k in carry_ix),
-            *(outer[x] for x in xs_kept),
-            *(outer[k] for k in ks_kept),
-            body=new_body,
-            num_carry=len(carry_ix),
-            num_xs=len(xs_kept),
-            length=steps,
-            reverse=a.reverse,
-        )
+        out = ()  # nothing left in the loop: every carry was an accumulator
+        if new_outputs:
+            out = b.op(
+                "scan",
+                *(b.value(node.inputs[k]) for k in carry_ix),
+                *(outer[x] for x in xs_kept),
+                *(outer[k] for k in ks_kept),
+                body=new_body,
+                num_carry=len(carry_ix),
+                num_xs=len(xs_kept),
+                length=steps,
+                reverse=a.reverse,
+            )
         outs = list(out) if isinstance(out, tuple) else [out]
         for k, value in zip(carry_ix, outs):
             renames[node.outputs[k].name] = value.name
-        outer.update(zip(ys_out, outs[len(carry_ix) :]))
+        # A y that is loop-invariant (an outer value passed through) keeps its outer,
+        # unstacked value for the nodes after the loop; only the scan output is stacked.
+        stacked_ys = dict(zip(ys_out, outs[len(carry_ix) :]))
+        outer.update((y, v) for y, v in stacked_ys.items() if y not in plan.invariant)
 
         # After the loop: copied and moved nodes on all steps at once, in body order.
         outside = {id(n) for n in plan.moved} | {id(n) for n in plan.copied}
@@ -229,7 +235,7 @@ def _sink_scan(b: Graph, node: Node, renames: dict[str, str]) -> bool:
                 total = b.add(init, total)
             renames[node.outputs[k].name] = total.name
     for var, y in zip(node.outputs[nc:], body.outputs[nc:]):
-        renames[var.name] = outer[y].name
+        renames[var.name] = stacked_ys[y].name if y in stacked_ys else outer[y].name
     return True
 
 
