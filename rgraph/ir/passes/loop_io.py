@@ -69,6 +69,7 @@ def _pack(
         else:
             seen[key] = b_inputs[i].name
             keep.append(i)
+    b_nodes = [_renamed(n, renames) for n in b_nodes]  # nodes read the kept inputs
     xs_idx = [i for i in keep if i < nc + nx]
     ks_idx = [i for i in keep if i >= nc + nx]
 
@@ -129,7 +130,7 @@ def _pack(
     types = body.types()
     new_body = body.replace(
         inputs=(*b_inputs[:nc], *(v for _, v in xs_final), *(b_inputs[i] for i in ks_idx)),
-        nodes=tuple(entry_nodes + [_renamed(n, renames) for n in b_nodes]),
+        nodes=tuple(entry_nodes + b_nodes),
         outputs=(*(renames.get(o, o) for o in body.outputs[:nc]), *ys_final),
     )
     steps = node.outputs[nc].type.shape[0] if len(node.outputs) > nc else a.length
@@ -175,6 +176,7 @@ def _wholes(ys: list[str], nodes: list[Node], types) -> list[tuple[str, dict, li
     ``split`` makes or a ``concat`` joins (each piece once). For each: the whole, the
     attrs splitting its stacked form back into the pieces, and the pieces in order."""
     wanted = set(ys)
+    not_whole = set(ys)  # a whole is none of the ys, and is found once
     found = []
     for n in nodes:
         if n.op == "split" and len(n.outputs) > 1:
@@ -187,10 +189,11 @@ def _wholes(ys: list[str], nodes: list[Node], types) -> list[tuple[str, dict, li
             sizes = [types[p].shape[normalize_axis(a.axis, types[p].rank)] for p in pieces]
         else:
             continue
-        if len(set(pieces)) == len(pieces) and wanted.issuperset(pieces) and whole not in wanted:
+        if len(set(pieces)) == len(pieces) and wanted.issuperset(pieces) and whole not in not_whole:
             axis = normalize_axis(a.axis, types[whole].rank) + 1
             found.append((whole, {"axis": axis, "sizes": sizes}, pieces))
             wanted.difference_update(pieces)
+            not_whole.add(whole)
     return found
 
 

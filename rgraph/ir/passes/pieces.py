@@ -230,7 +230,15 @@ class _Rewriter:
     # -- concat: of results of one op ---------------------------------------------------
 
     def _concat_of_ops(self, concat: Node) -> None:
-        """``concat(f(a_i, b_i))``: ``f(concat(a_i), concat(b_i))`` when that is fewer calls."""
+        """``concat(f(a_i, b_i))``: ``f(concat(a_i), concat(b_i))`` when that is fewer calls;
+        ``concat`` of all the pieces of a split, in order: the split's input."""
+        out = concat.outputs[0]
+        axis = normalize_axis(get_op("concat").node_attrs(concat).axis, out.type.rank)
+        whole = self._split_source(list(concat.inputs), axis)
+        if whole is not None and self.types[whole] == out.type:
+            self._add("identity", (whole,), (out,), {}, concat.loc)
+            self.removed.add(id(concat))
+            return
         parts = [self.producer.get(i) for i in concat.inputs]
         first = parts[0]
         if first is None or not isinstance(get_op(first.op), (Binary, Unary)):
@@ -247,8 +255,6 @@ class _Rewriter:
                 or any(self.types[i] != n.outputs[0].type for i in n.inputs)
             ):
                 return
-        out = concat.outputs[0]
-        axis = normalize_axis(get_op("concat").node_attrs(concat).axis, out.type.rank)
         operands, calls = [], 1
         for side in range(len(first.inputs)):
             names = [n.inputs[side] for n in parts]
