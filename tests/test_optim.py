@@ -7,6 +7,7 @@ it), and SGD / Adam as the textbook vector formulas.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -568,3 +569,384 @@ def test_minimising_a_quadratic():
             opt.step(params, {"w": A @ (params["w"] - c)})
         d = params["w"] - c
         assert 0.5 * d @ A @ d < 1e-4, f"{opt}: w = {params['w']}"
+
+
+# --- the flat update: bit for bit the per-parameter rules -------------------------------------
+#
+# The optimisers keep the state of the parameters of a step in one flat buffer per dtype and
+# update all parameters at once. ``PerParameter`` is the straightforward reference: the same
+# formulas, written here, applied with numpy one parameter after the other in the order of
+# the gradients. Elementwise arithmetic does not depend on how the elements are grouped, so
+# everything must agree to the bit.
+
+
+class PerParameter:
+    """A per-parameter numpy reference of ``opt``'s rule, with state of its own."""
+
+    def __init__(self, opt):
+        self.kind, self.h = opt.kind, dict(opt.hyper)
+        self.t = 0
+        self.state = {}  # name -> {slot: array}
+
+    def slots(self):
+        names = {"rmsprop": ("cache",), "adam": ("m", "v")}.get(self.kind)
+        if names is None:
+            names = ("velocity",) if self.h["momentum"] else ()
+        return names
+
+    def step(self, params, grads):
+        h = self.h
+        work = []
+        for name, grad in grads.items():
+            w, g = params[name], np.asarray(grad)
+            work.append((name, w, g.astype(w.dtype) if g.dtype != w.dtype else g))
+        total = 0.0
+        for _, _, g in work:
+            a = g.astype(np.float64).ravel()
+            total += float(np.dot(a, a))
+        norm = math.sqrt(total)
+        clip_norm = h["clip_norm"]
+        scale = clip_norm / norm if math.isfinite(norm) and norm > clip_norm else None
+        self.t += 1
+        clipped = count = 0
+        for name, w, g in work:
+            if scale is not None:
+                g = g * scale
+            s = self.state.setdefault(name, {k: np.zeros_like(w) for k in self.slots()})
+            clipped += getattr(self, self.kind)(w, g, s)
+            count += g.size
+        return clipped / count if count else 0.0, norm
+
+    def rmsprop(self, w, g, s):
+        h, cache = self.h, s["cache"]
+        cache *= h["decay"]
+        cache += (1.0 - h["decay"]) * g * g
+        clipped = 0
+        if h["clipval"] != math.inf:
+            c = h["clipval"]
+            clipped = int(np.sum(g > c)) + int(np.sum(g < -c))
+            g = np.clip(g, -c, c)
+        delta = (-h["lr"] * g) / np.sqrt(cache + h["eps"])
+        if h["regc"]:
+            delta -= h["regc"] * w
+        w += delta
+        return clipped
+
+    def sgd(self, w, g, s):
+        h = self.h
+        if h["weight_decay"]:
+            g = g + h["weight_decay"] * w
+        if h["momentum"]:
+            v = s["velocity"]
+            v *= h["momentum"]
+            v += g
+            g = g + h["momentum"] * v if h["nesterov"] else v
+        w -= h["lr"] * g
+        return 0
+
+    def adam(self, w, g, s):
+        h, t = self.h, self.t
+        if h["weight_decay"]:
+            if h["decoupled_weight_decay"]:
+                w *= 1.0 - h["lr"] * h["weight_decay"]
+            else:
+                g = g + h["weight_decay"] * w
+        m, v = s["m"], s["v"]
+        m *= h["beta1"]
+        m += (1.0 - h["beta1"]) * g
+        v *= h["beta2"]
+        v += (1.0 - h["beta2"]) * np.square(g)
+        mhat = m / (1.0 - h["beta1"] ** t)
+        vhat = v / (1.0 - h["beta2"] ** t)
+        w -= h["lr"] * mhat / (np.sqrt(vhat) + h["eps"])
+        return 0
+
+
+def same_bits(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+def assert_same_as_reference(opt, ref, params, ref_params, stats=None, expected=None, where=""):
+    if stats is not None:
+        ratio, norm = expected
+        assert stats.step == ref.t, where
+        assert stats.ratio_clipped == ratio and stats.grad_norm == norm, where
+    assert list(params) == list(ref_params)
+    for name in params:
+        assert same_bits(params[name], ref_params[name]), f"{where}: parameter {name}"
+    table = opt.state_dict()["slots"]
+    for slot in ref.slots():
+        assert set(table[slot]) == set(ref.state), where
+        for name, s in ref.state.items():
+            assert same_bits(table[slot][name], s[slot]), f"{where}: {slot} of {name}"
+            assert same_bits(opt.slots[slot][name], s[slot]), f"{where}: live {slot} of {name}"
+
+
+FLAT_OPTIMISERS = [
+    lambda: rg.RMSProp(),  # the demo: lr 0.01, regc 1e-6, clipval 5
+    lambda: rg.RMSProp(lr=0.02, regc=0.0, clipval=None),
+    lambda: rg.RMSProp(lr=0.01, clip_norm=4.0),
+    lambda: rg.SGD(lr=0.05),
+    lambda: rg.SGD(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3, clip_norm=3.0),
+    lambda: rg.Adam(lr=0.01),
+    lambda: rg.Adam(lr=0.01, weight_decay=0.1),
+    lambda: rg.Adam(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True, clip_norm=2.0),
+]
+
+
+def mixed_store(seed=20):
+    """Small float64 and float32 parameters of many shapes (the character LSTM's kind), a
+    column-major one, a scalar, an empty one, and two of 80 KB (updated in place, not
+    copied); together more than one 64 KB piece of flat vector."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for i in range(12):
+        shape = [(20, 20), (20, 5), (20,), (72, 20), (1, 20), (72,)][i % 6]
+        out[f"p{i}"] = rng.uniform(-0.08, 0.08, shape).astype([np.float64, np.float32][i % 2])
+    out["fortran"] = np.asfortranarray(rng.normal(size=(7, 3)))
+    out["scalar"] = np.array(0.5, np.float32)
+    out["empty"] = np.zeros((0, 4))
+    out["big64"] = rng.normal(size=(100, 100))
+    out["big32"] = rng.normal(size=(100, 200)).astype(np.float32)
+    out["many"] = rng.normal(size=(90, 90))  # 65 KB: in place too
+    for i in range(6):
+        out[f"q{i}"] = rng.normal(size=(60, 60))  # 29 KB each: several pieces
+    return out
+
+
+def random_grads(rng, params, names=None, dtype=None):
+    grads = {}
+    for name in names if names is not None else params:
+        w = params[name]
+        g = rng.normal(0.0, 3.0, w.shape)
+        if g.size:
+            g.flat[rng.integers(g.size)] = rng.choice([40.0, -40.0, 5.0, -5.0])
+        grads[name] = g.astype(dtype or w.dtype)
+    return grads
+
+
+def copies(params):
+    return {k: v.copy(order="K") for k, v in params.items()}
+
+
+@pytest.mark.parametrize("make", FLAT_OPTIMISERS)
+def test_flat_update_is_bit_identical_to_the_per_parameter_reference(make):
+    params = mixed_store()
+    ids = {k: id(v) for k, v in params.items()}
+    opt = make()
+    ref, ref_params = PerParameter(opt), copies(params)
+    rng = np.random.default_rng(21)
+    for step in range(1, 7):
+        # float64 gradients for the float32 parameters on odd steps: cast first
+        grads = random_grads(rng, params, dtype=np.float64 if step % 2 else None)
+        if step == 3:  # transposed and list gradients are fine too
+            grads["p0"] = np.ascontiguousarray(grads["p0"].T).T
+            grads["p2"] = grads["p2"].tolist()
+        stats = opt.step(params, grads)
+        expected = ref.step(ref_params, grads)
+        assert_same_as_reference(opt, ref, params, ref_params, stats, expected, f"step {step}")
+    assert {k: id(v) for k, v in params.items()} == ids  # updated in place
+    assert params["fortran"].flags.f_contiguous and params["scalar"].dtype == np.float32
+
+
+@pytest.mark.parametrize("make", FLAT_OPTIMISERS)
+def test_changing_the_parameters_between_steps(make):
+    params = mixed_store(22)
+    opt = make()
+    ref, ref_params = PerParameter(opt), copies(params)
+    rng = np.random.default_rng(23)
+    schedule = [
+        None,  # all
+        ["p1", "p0", "big64", "scalar"],  # a subset, in another order
+        None,
+        "reversed",  # all, in the reverse order
+        "reversed",
+        ["p3"],  # one only
+        "add",  # a new parameter appears (and gets state)
+        "remove",  # one disappears from the store and the gradients
+        "retype",  # one comes back as float32 (under a new name: its float64 state stays)
+        None,
+        [],  # no gradients at all
+        ["p5", "new", "q1"],
+        None,
+    ]
+    for step, what in enumerate(schedule, 1):
+        names = None
+        if what == "add":
+            params["new"] = rng.normal(size=(3, 3))
+            ref_params["new"] = params["new"].copy()
+        elif what == "remove":
+            del params["p4"], ref_params["p4"]
+        elif what == "retype":
+            params["p6_32"] = params["p6"].astype(np.float32)
+            ref_params["p6_32"] = ref_params["p6"].astype(np.float32)
+            del params["p6"], ref_params["p6"]
+        elif what == "reversed":
+            names = list(reversed(params))
+        elif what is not None:
+            names = what
+        grads = random_grads(rng, params, names)
+        stats = opt.step(params, grads)
+        expected = ref.step(ref_params, grads)
+        before = {name: s.copy() for name, s in ref.state.items() if name not in grads}
+        assert_same_as_reference(opt, ref, params, ref_params, stats, expected, f"step {step}")
+        for name in before:  # parameters without a gradient: state untouched
+            for slot in ref.slots():
+                assert same_bits(opt.slots[slot][name], ref.state[name][slot])
+    if ref.slots():
+        assert "p4" in opt.slots[ref.slots()[0]]  # the state of a removed parameter stays
+        assert opt.slots[ref.slots()[0]]["p6_32"].dtype == np.float32
+
+
+@pytest.mark.parametrize("make", FLAT_OPTIMISERS)
+def test_resuming_mid_training_is_the_same_as_not_stopping(make, tmp_path):
+    rng = np.random.default_rng(24)
+    start = mixed_store(25)
+    del start["scalar"]  # rg.save stores a 0-d array as 1-d (np.ascontiguousarray)
+    grads = [random_grads(rng, start) for _ in range(6)]
+    straight, p_straight = make(), copies(start)
+    for g in grads:
+        last = straight.step(p_straight, g)
+
+    first, p = make(), copies(start)
+    for g in grads[:3]:
+        first.step(p, g)
+    graph = rg.Graph("store")
+    for name, w in p.items():
+        graph.param(name, w.shape, dtype=w.dtype.name)
+    rg.save(tmp_path / "m.rgraph", graph, p, optimizer=first)
+    model = rg.load(tmp_path / "m.rgraph")
+    resumed, p_resumed = rg.Optimizer.from_state_dict(model.optimizer), copies(model.params)
+    first.load_state_dict(first.state_dict())  # and the same optimiser, reloaded
+    for g in grads[3:]:
+        s1 = resumed.step(p_resumed, g)
+        s2 = first.step(p, g)
+    assert s1 == s2 == last
+    for name in start:
+        assert same_bits(p_resumed[name], p_straight[name]), name
+        assert same_bits(p[name], p_straight[name]), name
+    for slot in straight.slot_names:
+        for name in start:
+            assert same_bits(resumed.slots[slot][name], straight.slots[slot][name])
+            assert same_bits(first.slots[slot][name], straight.slots[slot][name])
+
+
+def test_state_arrays_stay_live_and_can_be_replaced():
+    params = mixed_store(26)
+    opt = rg.Adam(lr=0.01)
+    ref, ref_params = PerParameter(opt), copies(params)
+    rng = np.random.default_rng(27)
+    for step in range(1, 7):
+        if step == 3:  # edited in place
+            opt.slots["m"]["p0"][...] *= 0.5
+            ref.state["p0"]["m"] *= 0.5
+        if step == 4:  # replaced by another array of the same shape and dtype
+            opt.slots["v"]["p1"] = np.full((20, 5), 0.25, np.float32)
+            ref.state["p1"]["v"][...] = 0.25
+        if step == 5:  # a copy of the optimiser (with its store) is independent of it
+            twin, twin_params = copy.deepcopy((opt, params))
+        grads = random_grads(rng, params)
+        stats = opt.step(params, grads)
+        expected = ref.step(ref_params, grads)
+        assert_same_as_reference(opt, ref, params, ref_params, stats, expected, f"step {step}")
+        if step == 5:
+            twin.step(twin_params, grads)
+            for name in params:
+                assert same_bits(twin_params[name], params[name])
+                assert same_bits(twin.slots["m"][name], opt.slots["m"][name])
+                assert twin.slots["m"][name] is not opt.slots["m"][name]
+
+
+def test_errors_after_flat_steps_are_the_same_and_change_nothing():
+    params = mixed_store(28)
+    opt = rg.RMSProp()
+    ref, ref_params = PerParameter(opt), copies(params)
+    rng = np.random.default_rng(29)
+
+    def ok():
+        grads = random_grads(rng, params)
+        stats = opt.step(params, grads)
+        assert_same_as_reference(opt, ref, params, ref_params, stats, ref.step(ref_params, grads))
+
+    def fails(error, match, grads):
+        before = copies(params)
+        state = opt.state_dict()
+        with pytest.raises(error, match=match):
+            opt.step(params, grads)
+        for name in params:
+            assert same_bits(params[name], before[name])
+        assert opt.step_count == ref.t
+        for name, s in state["slots"]["cache"].items():
+            assert same_bits(opt.slots["cache"][name], s)
+
+    ok()
+    ok()
+    params["p3"].flags.writeable = False
+    fails(OptimizerError, "parameter 'p3' is read-only", random_grads(rng, params))
+    params["p3"].flags.writeable = True
+    ok()
+    bad = random_grads(rng, params)
+    bad["q2"] = bad["q2"][1:]
+    fails(OptimizerError, r"gradient of 'q2' is float64\[59, 60\]", bad)
+    fails(OptimizerError, "'ghost', which are not", {**random_grads(rng, params), "ghost": 1.0})
+    params["p2"].shape = (20, 1)  # the same array, another shape
+    fails(OptimizerError, r"gradient of 'p2' is float64\[20\]", random_grads(rng, ref_params))
+    params["p2"].shape = (20,)
+    opt.slots["cache"]["p7"] = np.zeros((20, 5), np.float64)  # p7 is float32
+    fails(
+        OptimizerStateError, r"state 'cache' of 'p7' is float64\[20, 5\]", random_grads(rng, params)
+    )
+    opt.slots["cache"]["p7"] = ref.state["p7"]["cache"].copy()
+    params["int"], ref_params["int"] = np.zeros(3, np.int64), np.zeros(3, np.int64)
+    fails(OptimizerError, "'int' must be a float numpy array", random_grads(rng, params))
+    del params["int"], ref_params["int"]
+    ok()
+
+
+@pytest.mark.parametrize("make", FLAT_OPTIMISERS)
+@pytest.mark.parametrize("tied", [False, True])
+def test_parameters_that_share_memory_are_updated_in_order(make, tied):
+    # When gradients or parameters share memory with what a step writes, the order of the
+    # per-parameter updates matters; the flat update must not change what it gives.
+    rng = np.random.default_rng(30)
+    buf = rng.normal(size=110)
+    ref_buf = buf.copy()
+    params, ref_params = {}, {}
+    for store, b in [(params, buf), (ref_params, ref_buf)]:
+        store["a"] = b[:30].reshape(5, 6)  # views of one buffer, apart: fine at once
+        store["b"] = b[30:60].reshape(6, 5).T
+        store["c"] = b[60:]
+        store["d"] = b[60:].copy().reshape(10, 5)
+        if tied:  # one array under two names: updated twice, one after the other
+            store["t1"] = store["t2"] = b[:30].reshape(5, 6)
+    opt = make()
+    ref = PerParameter(opt)
+    for step in range(1, 7):
+        grads = random_grads(rng, params)
+        ref_grads = dict(grads)
+        if step in (2, 3, 5):  # the gradient of d is parameter c, updated before it
+            grads["d"] = params["c"].reshape(10, 5)
+            ref_grads["d"] = ref_params["c"].reshape(10, 5)
+        if step >= 4:  # a gradient that is its parameter itself
+            grads["b"], ref_grads["b"] = params["b"], ref_params["b"]
+        stats = opt.step(params, grads)
+        expected = ref.step(ref_params, ref_grads)
+        assert (stats.ratio_clipped, stats.grad_norm) == expected, step
+        assert same_bits(buf, ref_buf), step
+        assert same_bits(params["d"], ref_params["d"]), step
+
+
+@pytest.mark.parametrize("make", FLAT_OPTIMISERS)
+def test_gradients_in_another_order(make):
+    # Same names, shapes and dtypes, another order: each gradient still goes to its own
+    # parameter, and the norm is summed in the gradients' order.
+    rng = np.random.default_rng(31)
+    params = {name: rng.normal(size=(4, 4)) for name in "xyz"}
+    opt = make()
+    ref, ref_params = PerParameter(opt), copies(params)
+    for step, order in enumerate(["xyz", "zyx", "zyx", "yxz", "xyz"], 1):
+        grads = random_grads(rng, params, list(order))
+        stats = opt.step(params, grads)
+        expected = ref.step(ref_params, grads)
+        assert_same_as_reference(opt, ref, params, ref_params, stats, expected, f"step {step}")

@@ -39,8 +39,10 @@ Clipping by value or by global norm works with any optimiser, as pure functions
 
 from __future__ import annotations
 
+import bisect
 import math
-from collections.abc import Callable, Iterable, Mapping
+import operator
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -60,6 +62,7 @@ __all__ = [
 ]
 
 _STATE_KEYS = ("kind", "hyper", "step", "slots")
+_F64 = np.dtype(np.float64)
 
 
 # --- clipping helpers ---------------------------------------------------------------------
@@ -72,10 +75,17 @@ def global_norm(grads: Mapping[str, Any]) -> float:
     >>> global_norm({"a": np.array([3.0]), "b": np.array([[4.0, 0.0]])})
     5.0
     """
+    return _norm(grads.values())
+
+
+def _norm(grads: Iterable[Any]) -> float:
+    """:func:`global_norm` of the gradients in this order (one ``np.dot`` each, in float64)."""
     total = 0.0
-    for g in grads.values():
-        a = np.asarray(g, dtype=np.float64).ravel()
-        total += float(np.dot(a, a))
+    for g in grads:
+        # (np.asarray(g, dtype=np.float64) is g when g is a float64 ndarray; a.dot(a) is
+        # np.dot(a, a), without the dispatch.)
+        a = (g if type(g) is np.ndarray and g.dtype == _F64 else np.asarray(g, _F64)).ravel()
+        total += float(a.dot(a))
     return math.sqrt(total)
 
 
@@ -202,6 +212,233 @@ def _describe(a: np.ndarray) -> str:
     return f"{a.dtype}{list(a.shape)}"
 
 
+# --- flat state ---------------------------------------------------------------------------
+
+try:
+    from numpy.lib.array_utils import byte_bounds as _byte_bounds
+except ImportError:  # pragma: no cover - NumPy 1.x
+    _byte_bounds = np.byte_bounds
+
+# NumPy 1.x computes a 0-d float32 array times a Python float in float64 (value-based
+# casting), a 1-d slice of a flat buffer in float32: 0-d parameters take the flat path only
+# with NumPy 2's weak Python scalars (NEP 50), where both are float32.
+_WEAK_SCALARS = np.lib.NumpyVersion(np.__version__) >= "2.0.0"
+
+
+def _owner(a: Any) -> Any:
+    """The object owning the memory of array ``a``: the end of its chain of ``.base`` (and
+    ``memoryview.obj``)."""
+    while True:
+        if isinstance(a, np.ndarray):
+            if a.base is None:
+                return a
+            a = a.base
+        elif isinstance(a, memoryview) and a.obj is not None:
+            a = a.obj
+        else:
+            return a
+
+
+def _spans(arrays: Iterable[np.ndarray]) -> tuple[list[int], list[int]] | None:
+    """The byte ranges of ``arrays`` (empty ones left out), sorted: starts and ends; None if
+    two of them overlap."""
+    spans = sorted(_byte_bounds(a) for a in arrays if a.nbytes)
+    los, his = [lo for lo, _ in spans], [hi for _, hi in spans]
+    if any(lo < end for lo, end in zip(los[1:], his)):
+        return None
+    return los, his
+
+
+def _hits(los: list[int], his: list[int], a: np.ndarray) -> bool:
+    """Whether ``a``'s byte range meets one of the disjoint sorted ranges ``los, his``."""
+    if not a.nbytes:
+        return False
+    lo, hi = _byte_bounds(a)
+    i = bisect.bisect_left(los, hi) - 1  # the last range starting below hi: the widest end
+    return i >= 0 and his[i] > lo
+
+
+# The flat update goes through its vectors in pieces of this many bytes, and parameters of
+# this size or more are updated in place one by one (as before, without copies): big enough
+# that a model of small parameters is one piece, small enough that temporaries stay in the
+# cache (and under the allocator's threshold for fresh memory).
+_CHUNK_BYTES = 1 << 16
+
+
+class _Group:
+    """The parameters of one dtype in a :class:`_Layout` and their state.
+
+    The state of all of them is one buffer per slot (``opt.slots`` holds views of it). The
+    small parameters are copied into one flat vector, their gradients into another, updated
+    there in pieces of ``_CHUNK_BYTES``, and copied back; the big ones are updated in place,
+    one by one. The update rules are elementwise, so on a piece of a concatenation they
+    compute what they compute parameter by parameter, bit for bit.
+    """
+
+    __slots__ = ("big", "g", "index", "out", "params", "pieces", "state", "views", "w")
+
+    def __init__(
+        self,
+        index: list[int],
+        ws: list[np.ndarray],
+        olds: Mapping[str, list[np.ndarray | None]],
+        every: bool,
+    ) -> None:
+        """``index``: the positions in the step's order of this dtype's parameters ``ws``;
+        ``olds``: per slot, their state so far (None: none yet, zeros); ``every``: they are
+        all the step's parameters."""
+        small = [j for j, w in enumerate(ws) if w.nbytes < _CHUNK_BYTES]
+        big = [j for j, w in enumerate(ws) if w.nbytes >= _CHUNK_BYTES]
+        dtype, n = ws[0].dtype, sum(ws[j].size for j in small)
+        self.index = None if every and not big else [index[j] for j in small]
+        self.params = tuple(ws[j] for j in small)  # the parameter store's arrays
+        self.w, self.g = np.empty(n, dtype), np.empty(n, dtype)  # their flat copies
+        self.state = {slot: np.zeros(sum(w.size for w in ws), dtype) for slot in olds}
+        self.views: list[dict[str, np.ndarray]] = [{} for _ in ws]  # slot -> state array
+        self.out = []  # (small parameter, its piece of w) to copy back
+        start = 0
+        for j in small + big:
+            w = ws[j]
+            stop = start + w.size
+            for slot, buf in self.state.items():
+                self.views[j][slot] = view = buf[start:stop].reshape(w.shape)
+                old = olds[slot][j]
+                if old is not None:
+                    view[...] = old
+            if stop <= n:
+                self.out.append((w, self.w[start:stop].reshape(w.shape)))
+            start = stop
+        self.big = [(index[j], ws[j], self.views[j]) for j in big]
+        step = max(1, _CHUNK_BYTES // dtype.itemsize)
+        self.pieces = [
+            (
+                self.w[a : a + step],
+                self.g[a : a + step],
+                {s: b[a : min(a + step, n)] for s, b in self.state.items()},
+            )
+            for a in range(0, n, step)
+        ]
+
+    def update(self, opt: Optimizer, grads: Sequence[np.ndarray], scale: float | None) -> int:
+        """Update the parameters and state in place with ``opt._update``; return #clipped."""
+        clipped = 0
+        if self.pieces:
+            mine = grads if self.index is None else [grads[i] for i in self.index]
+            np.concatenate(mine, axis=None, out=self.g)
+            np.concatenate(self.params, axis=None, out=self.w)
+            for w, g, state in self.pieces:
+                clipped += opt._update(w, g if scale is None else g * scale, state)
+            for w, new in self.out:
+                w[...] = new
+        for i, w, state in self.big:
+            g = grads[i]
+            clipped += opt._update(w, g if scale is None else g * scale, state)
+        return clipped
+
+
+class _Layout:
+    """The state of the parameters of one step, as flat buffers, to update them all at once.
+
+    Made by a step whose gradients name parameters (and in whose order) that the last step's
+    did not: the state of these parameters moves (its values unchanged) into one flat buffer
+    per slot and dtype, and ``opt.slots[slot][name]`` becomes a view of it. Later steps whose
+    parameter store, gradients and state still match skip most of :meth:`Optimizer._check`
+    and update every parameter of a dtype in a few numpy calls.
+
+    Only made when the per-parameter update would give the same bits: the parameters and
+    their state share no memory with each other or with the gradients (else the order of
+    the updates would matter), each is contiguous, and the update rule is elementwise.
+    """
+
+    __slots__ = (
+        "exact",
+        "groups",
+        "his",
+        "kinds",
+        "los",
+        "names",
+        "owners",
+        "params",
+        "slot_names",
+        "total",
+        "views",
+    )
+
+    def apart(self, g: np.ndarray) -> bool:
+        """Whether gradient ``g`` surely shares no memory with what a step writes."""
+        if not self.exact:
+            owner = _owner(g)
+            if (
+                isinstance(owner, np.ndarray)
+                and id(owner) not in self.owners
+                and owner.flags.owndata
+            ):
+                return True  # its own allocation, not that of a parameter or the state
+        return not _hits(self.los, self.his, g)
+
+    @classmethod
+    def build(
+        cls, opt: Optimizer, work: list[tuple[str, np.ndarray, np.ndarray]]
+    ) -> _Layout | None:
+        names = tuple(name for name, _, _ in work)
+        ws = [w for _, w, _ in work]
+        slot_names = opt.slot_names
+        tables = {slot: opt.slots.get(slot, {}) for slot in slot_names}
+        written = ws + [t[n] for t in tables.values() for n in names if t.get(n) is not None]
+        if not _WEAK_SCALARS and any(w.ndim == 0 for w in ws):
+            return None
+        if not all(isinstance(a, np.ndarray) for a in written):
+            return None
+        if not all(a.flags.c_contiguous or a.flags.f_contiguous for a in written):
+            return None  # (so no array overlaps itself)
+        spans = _spans(written)
+        if spans is None or any(_hits(*spans, g) for _, _, g in work):
+            return None
+
+        by_dtype: dict[np.dtype, list[int]] = {}
+        for i, w in enumerate(ws):
+            by_dtype.setdefault(w.dtype, []).append(i)
+        new: dict[str, list[Any]] = {slot: [None] * len(names) for slot in slot_names}
+        groups = []
+        for index in by_dtype.values():
+            olds = {slot: [tables[slot].get(names[i]) for i in index] for slot in slot_names}
+            group = _Group(index, [ws[i] for i in index], olds, len(by_dtype) == 1)
+            for j, i in enumerate(index):
+                for slot in slot_names:
+                    new[slot][i] = group.views[j][slot]
+            groups.append(group)
+        buffers = [b for group in groups for b in group.state.values()]
+        spans = _spans(ws + buffers)
+        if spans is None:  # pragma: no cover - new buffers overlap nothing
+            return None
+        owners = [_owner(w) for w in ws]
+
+        layout = cls()
+        layout.names = names
+        layout.params = tuple(ws)
+        layout.kinds = tuple((w.shape, w.strides, w.dtype) for w in ws)
+        layout.slot_names = slot_names
+        layout.groups = groups
+        layout.total = sum(w.size for w in ws)
+        layout.owners = {id(o) for o in owners} | {id(b) for b in buffers}
+        layout.exact = not all(
+            isinstance(o, np.ndarray) and o.flags.owndata and _within(w, o)
+            for w, o in zip(ws, owners)
+        )
+        layout.los, layout.his = spans
+        for slot in slot_names:
+            for name, view in zip(names, new[slot]):  # in the order the old step made them
+                opt.slots.setdefault(slot, {})[name] = view
+        layout.views = {slot: tuple(new[slot]) for slot in slot_names}
+        return layout
+
+
+def _within(a: np.ndarray, owner: np.ndarray) -> bool:
+    lo, hi = _byte_bounds(a)
+    olo, ohi = _byte_bounds(owner)
+    return not a.nbytes or olo <= lo <= hi <= ohi
+
+
 # --- the optimisers -----------------------------------------------------------------------
 
 
@@ -239,6 +476,19 @@ class Optimizer:
          "slots": {slot: {param: np.ndarray}}}  # copies, each of its param's shape/dtype
 
     and ``load_state_dict(state)`` / ``Optimizer.from_state_dict(state)`` restore it exactly.
+
+    Speed: a model has many small parameters, so a step updates all parameters of a dtype
+    at once. The state of the parameters of a step lives in one flat buffer per slot and
+    dtype, and ``slots[slot][name]`` is a view of it (editing it in place edits the state;
+    assigning another array of the right shape and dtype replaces it). Steps with the same
+    parameter arrays and gradient names, shapes and dtypes (in the same order) as the last
+    one skip most checks, not any whose failure would raise; the gradients are concatenated,
+    updated with the same elementwise rule on the flat vectors, and copied back into the
+    parameter arrays, so the results are the bits of the per-parameter update. When the set
+    of parameters changes, their state moves (the same values) to new buffers and ``slots``
+    holds new arrays: keep ``opt.slots``, not its arrays, across steps. Steps where memory is
+    shared (a gradient that is a parameter, one array under two names) are done one
+    parameter after the other, as are those of subclasses with their own ``_update``.
     """
 
     kind: ClassVar[str] = ""
@@ -247,6 +497,7 @@ class Optimizer:
 
     step_count: int
     slots: dict[str, dict[str, np.ndarray]]
+    _layout: _Layout | None = None  # the flat state of the last step's parameters
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -257,6 +508,13 @@ class Optimizer:
         self._set_hyper(hyper)
         self.step_count = 0
         self.slots = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Copies (copy, deepcopy, pickle) do not share the flat buffers: their state arrays
+        # are copied apart, and their first step lays them out anew.
+        state = self.__dict__.copy()
+        state.pop("_layout", None)
+        return state
 
     # -- what subclasses provide ------------------------------------------------------------
 
@@ -314,8 +572,29 @@ class Optimizer:
         OptimizerStateError
             Existing state of a parameter does not match its shape or dtype.
         """
-        work = self._check(params, grads)
-        norm = global_norm({name: g for name, _, g in work})
+        layout = self._layout
+        gs = None if layout is None else self._fast_check(layout, params, grads)
+        if gs is None:
+            work = self._check(params, grads)
+            layout = self._relayout(params, grads, work)
+            if layout is None:
+                return self._step_each(work)
+            gs = [g for _, _, g in work]
+        norm = _norm(gs)
+        scale = _norm_scale(norm, self.clip_norm)
+        self.step_count += 1
+        clipped = 0
+        for group in layout.groups:
+            clipped += group.update(self, gs, scale)
+        return StepStats(
+            step=self.step_count,
+            ratio_clipped=clipped / layout.total if layout.total else 0.0,
+            grad_norm=norm,
+        )
+
+    def _step_each(self, work: list[tuple[str, np.ndarray, np.ndarray]]) -> StepStats:
+        """The step one parameter after the other, for what the flat path does not take."""
+        norm = _norm(g for _, _, g in work)
         scale = _norm_scale(norm, self.clip_norm)
         self.step_count += 1
         clipped = total = 0
@@ -329,6 +608,77 @@ class Optimizer:
             ratio_clipped=clipped / total if total else 0.0,
             grad_norm=norm,
         )
+
+    def _fast_check(
+        self, layout: _Layout, params: Mapping[str, np.ndarray], grads: Mapping[str, Any]
+    ) -> list[np.ndarray] | None:
+        """The gradients (cast to their parameters' dtypes) if ``params``, ``grads`` and the
+        state are laid out as ``layout`` and pass every check of :meth:`_check`; else None.
+
+        None also when a gradient may share memory with what the step writes (a parameter
+        or the state): the flat update reads all gradients before writing anything, the
+        per-parameter one parameter after the other. On None, :meth:`_check` runs (and
+        raises whatever error there is, in its order).
+        """
+        if type(params) is not dict or type(grads) is not dict:
+            return None
+        names = layout.names
+        if len(grads) != len(names) or tuple(grads) != names:
+            return None
+        if not all(map(operator.is_, map(params.get, names), layout.params)):
+            return None
+        if self.slot_names != layout.slot_names:
+            return None
+        slots = self.slots
+        for slot, views in layout.views.items():
+            table = slots.get(slot)
+            if views and (
+                table is None or not all(map(operator.is_, map(table.get, names), views))
+            ):
+                return None
+        gs = []
+        owners, exact = layout.owners, layout.exact
+        for w, grad, (shape, strides, dtype) in zip(layout.params, grads.values(), layout.kinds):
+            if (
+                w.shape != shape
+                or w.strides != strides
+                or (w.dtype is not dtype and w.dtype != dtype)
+                or not w.flags.writeable
+            ):
+                return None
+            g = grad if type(grad) is np.ndarray else np.asarray(grad)
+            if g.shape != shape:
+                return None
+            if g.dtype is not dtype and g.dtype != dtype:
+                g = g.astype(dtype)  # a new array: nothing the step writes
+            elif (
+                exact or g.base is not None or id(g) in owners or not g.flags.owndata
+            ) and not layout.apart(g):
+                return None
+            gs.append(g)
+        return gs
+
+    def _relayout(
+        self,
+        params: Mapping[str, np.ndarray],
+        grads: Mapping[str, Any],
+        work: list[tuple[str, np.ndarray, np.ndarray]],
+    ) -> _Layout | None:
+        """Move the state of the parameters in ``work`` into flat buffers (see
+        :class:`_Layout`) and return the layout; or None (and no change) if this step must
+        go one parameter after the other."""
+        self._layout = None
+        if (
+            type(params) is not dict
+            or type(grads) is not dict
+            or type(self)._update not in _ELEMENTWISE_UPDATES
+            or type(self)._state is not Optimizer._state
+            or type(self)._check is not Optimizer._check
+        ):
+            return None
+        layout = _Layout.build(self, work)
+        self._layout = layout
+        return layout
 
     def _check(
         self, params: Mapping[str, np.ndarray], grads: Mapping[str, Any]
@@ -463,6 +813,7 @@ class Optimizer:
         self._set_hyper(dict(hyper))
         self.step_count = int(step)
         self.slots = new_slots
+        self._layout = None
 
     @classmethod
     def from_state_dict(
@@ -838,3 +1189,6 @@ class Adam(Optimizer):
         vhat = v / (1.0 - self.beta2**t)
         w -= self.lr * mhat / (np.sqrt(vhat) + self.eps)
         return 0
+
+
+_ELEMENTWISE_UPDATES = frozenset({RMSProp._update, SGD._update, Adam._update})
