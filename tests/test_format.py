@@ -795,3 +795,12 @@ def test_the_minimal_reader_in_the_spec_reads_real_files(tmp_path):
     assert rg.GraphIR.model_validate(graph) == g.ir
     assert tensors.keys() == trainer.params.keys()
     assert all(same_bits(tensors[k], v) for k, v in trainer.params.items())
+
+
+def test_a_scalar_parameter_round_trips_as_a_scalar(tmp_path):
+    g = rg.Graph("scalar")
+    w = g.param("w", ())
+    g.output(w * 2.0, name="y")
+    rg.save(tmp_path / "m.rgraph", g, {"w": np.array(3.0)})
+    got = rg.load(tmp_path / "m.rgraph").params["w"]
+    assert got.shape == () and got.dtype == np.float64 and got == 3.0

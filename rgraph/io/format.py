@@ -305,7 +305,7 @@ def _as_saveable(value: Any, name: str) -> np.ndarray:
         raise FormatError(
             f"cannot save '{name}': {arr.nbytes} bytes; tensors over 4 GiB - 1 are not supported"
         )
-    return np.ascontiguousarray(arr)
+    return arr if arr.flags.c_contiguous else arr.copy(order="C")  # keeps 0-d arrays 0-d
 
 
 def _group(arrays: list[np.ndarray]) -> list[list[int]]:
