@@ -92,6 +92,14 @@ def derive_without_attrs(
     return known
 
 
+# What construct(Var, ...) and construct(Node, ...) make, for _record's inlined copies.
+_new, _setattr = object.__new__, object.__setattr__
+_VAR_SET = construct(Var, name="v", type=make_type("float64", ())).__pydantic_fields_set__
+_NODE_SET = construct(
+    Node, op="identity", inputs=(), outputs=(), attrs={}, bodies={}, loc=None
+).__pydantic_fields_set__
+
+
 class Value:
     """A symbolic tensor in a :class:`Graph`: a name and a type, no data.
 
@@ -365,8 +373,23 @@ class Graph:
         Keyword arguments are the op's attributes, or its named optional inputs.
         Python numbers among the inputs become constants of the first Value's dtype.
         """
-        op = get_op(opname)
+        op = REGISTRY.get(opname)
+        if op is None:
+            op = get_op(opname)  # raises UnknownOpError
         loc = self._loc_override or caller_location()
+        if not kwargs and _name is None and inputs and not op.input_names:
+            # The common case (``h * w``, every VJP rule): Values of this graph, no
+            # attributes, inference known: what follows, without the general path.
+            key = [opname]
+            for v in inputs:
+                if type(v) is not Value or v.graph is not self:
+                    break
+                t = v.type
+                key.append((t.dtype, t.shape))
+            else:
+                known = _DERIVED.get(tuple(key))
+                if known is not None and len(known[2]) == 1:
+                    return self._record(opname, inputs, known[1], known[2][0], loc)
         if len(inputs) == 1 and isinstance(inputs[0], (list, tuple)):
             inputs = tuple(inputs[0])
         if op.input_names:
@@ -407,7 +430,15 @@ class Graph:
         types = self._types
         if len(out_types) == 1:
             t = out_types[0]
-            name = self._claim(_name) if _name is not None else self.fresh_name()
+            if _name is None:  # self.fresh_name(), inlined: the hot path of a long chain
+                counter = self._counter
+                name = f"t{counter}"
+                while name in types:
+                    counter += 1
+                    name = f"t{counter}"
+                self._counter = counter + 1
+            else:
+                name = self._claim(_name)
             outs: tuple[Var, ...] = (construct(Var, name=name, type=t),)
         else:
             names = [self.fresh_name() for _ in out_types]
@@ -431,6 +462,42 @@ class Graph:
             types[var.name] = var.type
             results.append(Value(self, var.name, var.type))
         return tuple(results)
+
+    def _record(
+        self, opname: str, values: Sequence[Value], plain: dict, t: TensorType, loc: Any
+    ) -> Value:
+        """Append a node of one output of type ``t`` named freshly; ``op``'s tail."""
+        types = self._types
+        counter = self._counter  # self.fresh_name(), inlined
+        name = f"t{counter}"
+        while name in types:
+            counter += 1
+            name = f"t{counter}"
+        self._counter = counter + 1
+        var = _new(Var)
+        _setattr(var, "__dict__", {"name": name, "type": t})
+        _setattr(var, "__pydantic_fields_set__", _VAR_SET)
+        _setattr(var, "__pydantic_extra__", None)
+        _setattr(var, "__pydantic_private__", None)
+        node = _new(Node)
+        _setattr(
+            node,
+            "__dict__",
+            {
+                "op": opname,
+                "inputs": tuple([v.name for v in values]),
+                "outputs": (var,),
+                "attrs": dict(plain),
+                "bodies": {},
+                "loc": loc,
+            },
+        )
+        _setattr(node, "__pydantic_fields_set__", _NODE_SET)
+        _setattr(node, "__pydantic_extra__", None)
+        _setattr(node, "__pydantic_private__", None)
+        self._nodes.append(node)
+        types[name] = t
+        return Value(self, name, t)
 
     def _ancestors(self) -> Iterator[Graph]:
         g = self.parent

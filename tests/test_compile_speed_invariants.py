@@ -150,3 +150,109 @@ def test_gc_paused_restores_the_collector_and_leaves_a_programs_freeze_alone():
         assert gc.get_freeze_count() == frozen
     finally:
         gc.unfreeze()
+
+
+def test_the_builders_short_path_makes_the_nodes_the_general_path_makes():
+    g = rg.Graph()
+    a, b = g.input("a", (3,)), g.input("b", (3,))
+    first = a * b  # general path; remembers eltmul(f64[3], f64[3])
+    again = a * b  # short path
+    n1, n2 = g._nodes
+    assert (n1.op, n1.inputs, n1.attrs, n1.bodies, n1.loc.function) == (
+        n2.op, n2.inputs, n2.attrs, n2.bodies, n2.loc.function
+    )  # fmt: skip
+    assert n2.attrs is not n1.attrs  # each node its own attrs dict
+    reference = construct(
+        Node, op="eltmul", inputs=("a", "b"), outputs=(construct(Var, name=again.name,
+        type=first.type),), attrs={}, bodies={}, loc=n2.loc,
+    )  # fmt: skip
+    assert n2 == reference and n2.outputs[0] == reference.outputs[0]
+    for made, ref in ((n2, reference), (n2.outputs[0], reference.outputs[0])):
+        assert made.model_fields_set == ref.model_fields_set
+        assert made.__pydantic_extra__ is None and made.__pydantic_private__ is None
+    assert n2.model_copy(update={"inputs": ("b", "a")}).inputs == ("b", "a")
+    assert n2.inputs == ("a", "b")
+    assert unmarked(g.ir) == g.ir  # validates: the nodes are well-formed models
+
+
+def _plan_frees_reference(interp: rg.Interpreter) -> list[tuple[int, ...]]:
+    """The interpreter's free plan computed the plain way, by slot."""
+    keep = {interp.slot[n] for n in interp.graph.outputs}
+    last: dict[int, int] = {}
+    for i, node in enumerate(interp.graph.nodes):
+        for name in node.inputs:
+            last[interp.slot[name]] = i
+        for out in node.outputs:
+            last.setdefault(interp.slot[out.name], i)
+    frees: list[list[int]] = [[] for _ in interp.graph.nodes]
+    for slot, i in last.items():
+        if slot not in keep:
+            frees[i].append(slot)
+    return [tuple(f) for f in frees]
+
+
+def test_the_interpreters_plan_agrees_with_the_plain_computation():
+    g = rg.Graph("unused")
+    x, _ = g.input("x", (2,)), g.input("unused", (2,))
+    w, _ = g.param("w", (2,)), g.param("spare", (2,))
+    y = g.output(x * w + 1.0, name="y")
+    g.output(x)  # an input that is also an output, read by nodes too
+    for program in [*programs(), rg.compile(g, loss=g.sum(y))]:
+        for ir in (program.ir, *program.stages.values()):
+            interp = rg.Interpreter(ir)
+            names = list(ir.types())
+            assert list(interp.slot) == names and list(interp.slot.values()) == list(
+                range(len(names))
+            )
+            assert interp._last_use == _plan_frees_reference(interp)
+            used = {i for n in ir.nodes for i in n.inputs} | set(ir.outputs)
+            assert [p.name for p in interp.params] == [p.name for p in ir.params if p.name in used]
+            assert {v.name for v in interp.inputs} == {v.name for v in ir.inputs if v.name in used}
+    interp = rg.Interpreter(rg.compile(g, loss=g.sum(y), wrt=["w"]).ir)
+    assert [v.name for v in interp.inputs] == ["x"] and [p.name for p in interp.params] == ["w"]
+
+
+def test_cse_renames_through_chains_of_duplicates():
+    g = rg.Graph("dups")
+    x = g.input("x", (3,))
+    c1, c2 = g.const([1.0, 2.0, 3.0]), g.const([1.0, 2.0, 3.0])
+    a1, a2 = x * c1, x * c2  # equal once c2 is c1
+    b1, b2 = a1.tanh(), a2.tanh()  # equal once a2 is a1
+    b1 * 3.0  # made before keep
+    s1, s2 = g.split(b1 + b2, axis=0, sizes=[1, 2]), g.split(b2 + b1, axis=0, sizes=[1, 2])
+    keep = g.output(b2 * 3.0)  # defines an output: kept, though equal to b1 * 3
+    out = g.output(s1[0] + s2[0] + s1[1].sum() + s2[1].sum(), name="out")
+    merged = rg.ir.passes.cse(g.ir)
+    assert [n.op for n in merged.nodes].count("tanh") == 1
+    assert [n.op for n in merged.nodes].count("split") == 1  # b2 + b1 is then b1 + b1
+    assert [n.op for n in merged.nodes].count("eltmul") == 3  # x * c, b1 * 3, keep
+    assert merged.outputs == (keep.name, out.name) and len(merged.consts) == 2
+    assert merged.known_scheduled and in_order(merged)
+    feeds = {"x": np.array([0.1, -0.2, 0.3])}
+    for name in (keep.name, out.name):
+        expect = rg.Interpreter(g.ir).run(feeds)[name]
+        np.testing.assert_array_equal(rg.Interpreter(merged).run(feeds)[name], expect)
+
+
+def test_autodiff_with_respect_to_an_intermediate_value_and_an_unreached_parameter():
+    # The gradient of h was lost (zeros) when w, upstream of h, was also asked for.
+    g = rg.Graph()
+    x, w, v = g.input("x", (3,)), g.param("w", (3,)), g.param("v", (3,))
+    h = (x * w).tanh()
+    loss = g.sum(h * h)
+    feeds = {"x": np.array([0.5, -1.0, 2.0])}
+    params = {"w": np.array([0.3, 0.2, -0.1]), "v": np.ones(3)}
+    result = rg.compile(g, loss=loss, wrt=[h, "w", "v"]).run(feeds, params)
+    hv = np.tanh(feeds["x"] * params["w"])
+    np.testing.assert_allclose(result.grads[h.name], 2 * hv, rtol=1e-12)
+    np.testing.assert_allclose(result.grads["w"], 2 * hv * (1 - hv**2) * feeds["x"], rtol=1e-12)
+    np.testing.assert_array_equal(result.grads["v"], np.zeros(3))
+    alone = rg.compile(g, loss=loss, wrt=[h]).run(feeds, params)
+    np.testing.assert_array_equal(alone.grads[h.name], result.grads[h.name])
+    del v
+
+
+def test_merge_matmuls_returns_a_graph_without_products_as_it_is():
+    g, _ = chain(4)
+    ir = g.ir
+    assert rg.ir.passes.merge_matmuls(ir) is ir

@@ -42,21 +42,20 @@ class Interpreter:
         self.graph = graph
         # Debug mode: stop at the first node that produces a NaN or an infinity.
         self.check_finite = check_finite
-        self.slot: dict[str, int] = {}
-        for name in graph.types():
-            self.slot[name] = len(self.slot)
+        names = graph.types()
+        self.slot: dict[str, int] = dict(zip(names, range(len(names))))
         self.consts = [
             (self.slot[c.name], np.array(c.data, dtype=c.type.dtype).reshape(c.type.shape))
             for c in graph.consts
         ]
-        used = {i for node in graph.nodes for i in node.inputs} | set(graph.outputs)
+        self._last_use = self._plan_frees()
+        used = self._read | set(graph.outputs)  # read by a node, or an output
         # Inputs whose dims are plain names bind them before product dims are checked.
         self.inputs = sorted(
             (v for v in graph.inputs if v.name in used),
             key=lambda v: any(isinstance(d, str) and "*" in d for d in v.type.shape),
         )
         self.params = [p for p in graph.params if p.name in used]
-        self._last_use = self._plan_frees()
         self._prepared: dict[tuple, list[Step]] = {}
         # Kernels that do not depend on dim sizes, and nested interpreters, are kept
         # across bindings (a new sequence length must not mean preparing all again).
@@ -67,18 +66,32 @@ class Interpreter:
         self._runs: dict[int, Any] = {}
 
     def _plan_frees(self) -> list[tuple[int, ...]]:
-        keep = {self.slot[n] for n in self.graph.outputs}
-        last: dict[int, int] = {}
-        for i, node in enumerate(self.graph.nodes):
+        """The slots each step frees: those of the values it is the last to use, outputs
+        kept. One sweep over the nodes, by name; also notes the inputs and params read."""
+        nodes, outputs, slot = self.graph.nodes, self.graph.outputs, self.slot
+        for name in outputs:
+            slot[name]  # an undefined output: KeyError, as before the nodes
+        last: dict[str, int] = {}
+        setdefault = last.setdefault
+        for i, node in enumerate(nodes):
             for name in node.inputs:
-                last[self.slot[name]] = i
-            for out in node.outputs:
-                last.setdefault(self.slot[out.name], i)
-        frees: list[list[int]] = [[] for _ in self.graph.nodes]
-        for slot, i in last.items():
-            if slot not in keep:
-                frees[i].append(slot)
-        return [tuple(f) for f in frees]
+                last[name] = i
+            outs = node.outputs
+            if len(outs) == 1:
+                setdefault(outs[0].name, i)
+            else:
+                for out in outs:
+                    setdefault(out.name, i)
+        # Single assignment: an input or a param is among these names iff a node reads it.
+        self._read = {
+            v.name for g in (self.graph.inputs, self.graph.params) for v in g
+        } & last.keys()
+        keep = set(outputs)
+        frees: list[tuple[int, ...]] = [()] * len(nodes)
+        for name, i in last.items():  # in the order of first appearance, as slots
+            if name not in keep:
+                frees[i] += (slot[name],)
+        return frees
 
     def _steps(self, binding: Mapping[str, int]) -> list[Step]:
         key = tuple(sorted(binding.items()))

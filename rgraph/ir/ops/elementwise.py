@@ -66,10 +66,16 @@ class Binary(Elementwise):
 
     def vjp_node(self, g, node, cts, needs):
         """Only the wanted inputs' rules run: ``x * 2.0`` emits no gradient for ``2.0``."""
-        x, y = (g.value(name) for name in node.inputs)
-        out = g.value(node.outputs[0].name)
-        rules = self.rule or ()
-        return [rule(x, y, out, cts[0]) if need else None for rule, need in zip(rules, needs)]
+        rule_x, rule_y = self.rule  # type: ignore[misc]
+        need_x, need_y = needs
+        value = g.value
+        x, y = node.inputs
+        x, y, out = value(x), value(y), value(node.outputs[0].name)
+        ct = cts[0]
+        return [
+            rule_x(x, y, out, ct) if need_x else None,
+            rule_y(x, y, out, ct) if need_y else None,
+        ]
 
 
 class Unary(Elementwise):
@@ -93,6 +99,10 @@ class Unary(Elementwise):
 
     def vjp(self, g, a, ins, outs, cts):
         return [type(self).rule(ins[0], outs[0], cts[0])]
+
+    def vjp_node(self, g, node, cts, needs):
+        """As :meth:`Op.vjp_node`, without parsing the (absent) attributes."""
+        return self.vjp(g, None, [g.value(node.inputs[0])], [g.value(node.outputs[0].name)], cts)
 
 
 def _define(base: type[Op], name: str, fn: Callable, rule: Callable | None, **extra: Any) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from rgraph.builder import Graph, Value
 from rgraph.errors import GraphError, NotDifferentiableError
 from rgraph.ir.graph import GraphIR, Node
-from rgraph.ir.op import get_op
+from rgraph.ir.op import Op, get_op
 from rgraph.ir.passes.schedule import schedule
 from rgraph.ir.types import TensorType
 
@@ -63,11 +63,16 @@ def autodiff(
             " or pass it as a cotangent output"
         )
 
+    nodes = graph.nodes
     active = set(wrt)
-    for node in graph.nodes:
-        if not active.isdisjoint(node.inputs):
-            for o in node.outputs:
-                active.add(o.name)
+    isdisjoint = active.isdisjoint
+    for node in nodes:
+        if not isdisjoint(node.inputs):
+            outs = node.outputs
+            if len(outs) == 1:
+                active.add(outs[0].name)
+            else:
+                active.update([o.name for o in outs])
 
     pending: dict[str, list[Value]] = {}
     if loss is not None:
@@ -76,16 +81,56 @@ def autodiff(
         seed = b.input(cotangent_name(name), types[name].shape, types[name].dtype)
         pending.setdefault(name, []).append(seed)
 
-    for node in reversed(graph.nodes):
+    # The hot loop of a long chain: _backprop inlined, ops looked up once per op name.
+    ops: dict[str, Op] = {}
+    targets = set(wrt)
+    pop, get = pending.pop, pending.get
+    for node in reversed(nodes):
         outs = node.outputs
         if len(outs) == 1:
             if outs[0].name not in pending:
                 continue
         elif not any(o.name in pending for o in outs):
             continue
-        if active.isdisjoint(node.inputs):
+        inputs = node.inputs
+        needs = [name in active for name in inputs]
+        if True not in needs:
             continue
-        _backprop(b, node, pending, active, types)
+        op = ops.get(node.op)
+        if op is None:
+            op = ops[node.op] = _differentiable(node)
+        b._loc_override = node.loc  # b.location(node.loc); b is this pass's own
+        if len(outs) == 1:
+            contributions = pop(outs[0].name)
+            cts = [contributions[0] if len(contributions) == 1 else _accumulate(b, contributions)]
+            if outs[0].name in targets:
+                pending[outs[0].name] = [cts[0]]  # its gradient is also an output
+        else:
+            cts = []
+            for o in outs:
+                contributions = pop(o.name, None)
+                if contributions is None:
+                    cts.append(None)
+                else:
+                    cts.append(
+                        contributions[0]
+                        if len(contributions) == 1
+                        else _accumulate(b, contributions)
+                    )
+                    if o.name in targets:
+                        pending[o.name] = cts[-1:]  # its gradient is also an output
+        grads = op.vjp_node(b, node, cts, needs)
+        for name, need, grad in zip(inputs, needs, grads):
+            if grad is not None and need:
+                target = types[name]
+                if grad.type.shape != target.shape:
+                    grad = _unbroadcast(b, grad, target)
+                contributions = get(name)
+                if contributions is None:
+                    pending[name] = [grad]
+                else:
+                    contributions.append(grad)
+    b._loc_override = None
 
     for name in wrt:
         contributions = pending.get(name) or [b.full_like(b.value(name), value=0.0)]
@@ -99,13 +144,8 @@ def autodiff(
     return ir
 
 
-def _backprop(
-    b: Graph,
-    node: Node,
-    pending: dict[str, list[Value]],
-    active: set[str],
-    types: dict[str, TensorType],
-) -> None:
+def _differentiable(node: Node) -> Op:
+    """The op of ``node``; raises if it has no VJP rule."""
     op = get_op(node.op)
     if not op.differentiable:
         where = f" at {node.loc}" if node.loc is not None else ""
@@ -113,31 +153,7 @@ def _backprop(
             f"cannot differentiate through op '{node.op}' (node"
             f" {', '.join(o.name for o in node.outputs)}{where}): it has no VJP rule"
         )
-    saved, b._loc_override = b._loc_override, node.loc  # b.location(node.loc), inlined
-    try:
-        cts: list[Value | None] = []
-        for o in node.outputs:
-            contributions = pending.pop(o.name, None)
-            if contributions is None:
-                cts.append(None)
-            else:
-                cts.append(
-                    contributions[0] if len(contributions) == 1 else _accumulate(b, contributions)
-                )
-        needs = [name in active for name in node.inputs]
-        grads = op.vjp_node(b, node, cts, needs)
-        for name, need, grad in zip(node.inputs, needs, grads):
-            if grad is not None and need:
-                target = types[name]
-                if grad.type.shape != target.shape:
-                    grad = _unbroadcast(b, grad, target)
-                contributions = pending.get(name)
-                if contributions is None:
-                    pending[name] = [grad]
-                else:
-                    contributions.append(grad)
-    finally:
-        b._loc_override = saved
+    return op
 
 
 def _accumulate(b: Graph, values: list[Value], name: str | None = None) -> Value:

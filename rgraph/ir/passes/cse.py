@@ -26,28 +26,27 @@ def cse(graph: GraphIR) -> GraphIR:
         else:
             seen_consts.setdefault(key, c.name)
             consts.append(c)
-    seen: dict[tuple, tuple[str, ...]] = {}
+    seen: dict[tuple, tuple] = {}  # key -> the first node's outputs (Vars)
+    setdefault = seen.setdefault
     nodes = []
+    append = nodes.append
     for node in graph.nodes:
         inputs = node.inputs
-        if rename:
-            renamed = tuple([rename.get(i, i) for i in inputs])
-            if renamed != inputs:
-                inputs = renamed
-                node = node.model_copy(update={"inputs": inputs})
+        if rename and not rename.keys().isdisjoint(inputs):
+            inputs = tuple([rename.get(i, i) for i in inputs])
+            node = node.model_copy(update={"inputs": inputs})
         if node.bodies:
-            nodes.append(node)
+            append(node)
             continue
-        key = (node.op, inputs, freeze(node.attrs) if node.attrs else ())
+        attrs = node.attrs
         outs = node.outputs
-        names = (outs[0].name,) if len(outs) == 1 else tuple(o.name for o in outs)
-        first = seen.get(key)
-        if first is not None and not outputs.intersection(names):
-            rename.update(zip(names, first))
-            continue
-        if first is None:
-            seen[key] = names
-        nodes.append(node)
+        first = setdefault((node.op, inputs, freeze(attrs) if attrs else ()), outs)
+        if first is not outs:
+            names = (outs[0].name,) if len(outs) == 1 else tuple(o.name for o in outs)
+            if not outputs.intersection(names):
+                rename.update(zip(names, [o.name for o in first]))
+                continue
+        append(node)
     if not rename:
         return graph
     merged = graph.replace(nodes=tuple(nodes), consts=tuple(consts))
