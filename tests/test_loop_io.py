@@ -14,6 +14,7 @@ import rgraph as rg
 from rgraph.ir import GraphIR
 from rgraph.ir.passes import cse, forward_identities, pack_loop_io
 from rgraph.ir.verify import verify
+from tests.pass_checks import same_results
 
 RNG = np.random.default_rng(77)
 
@@ -37,19 +38,6 @@ def the_scan(ir: GraphIR):
 
 def body_of(ir: GraphIR) -> GraphIR:
     return the_scan(ir).bodies["body"]
-
-
-def same_results(before: GraphIR, after: GraphIR, feeds, params=None) -> dict:
-    """``after`` verifies, keeps the output names and computes what ``before`` does."""
-    verify(after)
-    assert after.outputs == before.outputs
-    want = rg.Interpreter(before).run(dict(feeds), params or {})
-    got = rg.Interpreter(after).run(dict(feeds), params or {})
-    assert list(got) == list(want)
-    for name in want:
-        assert got[name].shape == want[name].shape
-        np.testing.assert_allclose(got[name], want[name], rtol=1e-13, atol=0)
-    return got
 
 
 def stays(before: GraphIR, feeds, params=None) -> None:

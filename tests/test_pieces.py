@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import rgraph as rg
 from rgraph.ir import GraphIR
 from rgraph.ir.passes import merge_pieces
-from rgraph.ir.verify import verify
+from tests.pass_checks import same_results
 
 RNG = np.random.default_rng(20240611)
 
@@ -37,19 +37,6 @@ def body_of(ir: GraphIR) -> GraphIR:
 
 def sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
-
-
-def same_results(before: GraphIR, after: GraphIR, feeds, params=None) -> dict:
-    """``after`` verifies, keeps the output names and computes what ``before`` does."""
-    verify(after)
-    assert after.outputs == before.outputs
-    want = rg.Interpreter(before).run(dict(feeds), params or {})
-    got = rg.Interpreter(after).run(dict(feeds), params or {})
-    assert list(got) == list(want)
-    for name in want:
-        assert got[name].shape == want[name].shape
-        np.testing.assert_allclose(got[name], want[name], rtol=1e-13, atol=0)
-    return got
 
 
 def normal(*shape):

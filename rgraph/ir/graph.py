@@ -10,6 +10,7 @@ and does not re-validate what it derived itself.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints
@@ -98,6 +99,16 @@ class Node(BaseModel):
     attrs: dict[Name, AttrValue] = {}
     bodies: dict[Name, GraphIR] = {}
     loc: SourceLoc | None = None
+
+    def map_bodies(self, transform: Callable[[GraphIR], GraphIR]) -> Node:
+        """This node with ``transform`` applied to each body; itself if none changed
+        (passes recurse into loop bodies through this)."""
+        if not self.bodies:
+            return self
+        bodies = {k: transform(b) for k, b in self.bodies.items()}
+        if all(bodies[k] is self.bodies[k] for k in bodies):
+            return self
+        return self.model_copy(update={"bodies": bodies})
 
 
 class GraphIR(BaseModel):

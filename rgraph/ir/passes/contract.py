@@ -46,10 +46,9 @@ def contract(graph: GraphIR) -> GraphIR:
     changed = False
     for n in graph.nodes:
         if n.bodies:
-            bodies = {k: contract(b) for k, b in n.bodies.items()}
-            if any(bodies[k] is not n.bodies[k] for k in bodies):
-                n = n.model_copy(update={"bodies": bodies})
-                changed = True
+            new = n.map_bodies(contract)
+            changed |= new is not n
+            n = new
         p = products.get(n.inputs[0]) if n.op == "sum" else None
         folded = _fold(n, p, types, uses, names) if p is not None else None
         if folded is None:

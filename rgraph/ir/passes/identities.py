@@ -29,15 +29,11 @@ def _forward(graph: GraphIR, keep_outputs: bool) -> GraphIR:
             changed = True
             continue
         inputs = tuple([source.get(i, i) for i in node.inputs]) if source else node.inputs
-        if node.bodies:
-            bodies = {k: _forward(b, keep_outputs=False) for k, b in node.bodies.items()}
-            if inputs != node.inputs or any(bodies[k] is not node.bodies[k] for k in bodies):
-                node = node.model_copy(update={"inputs": inputs, "bodies": bodies})
-                changed = True
-        elif inputs != node.inputs:
-            node = node.model_copy(update={"inputs": inputs, "bodies": {}})
-            changed = True
-        nodes.append(node)
+        new = node.map_bodies(lambda b: _forward(b, keep_outputs=False))
+        if inputs != node.inputs:
+            new = new.model_copy(update={"inputs": inputs})
+        changed |= new is not node
+        nodes.append(new)
     if not changed:
         return graph
     outputs = tuple(source.get(o, o) for o in graph.outputs)

@@ -33,10 +33,9 @@ def pack_loop_io(graph: GraphIR) -> GraphIR:
     changed = False
     for n in graph.nodes:
         if n.bodies:
-            bodies = {k: pack_loop_io(b) for k, b in n.bodies.items()}
-            if any(bodies[k] is not n.bodies[k] for k in bodies):
-                n = n.model_copy(update={"bodies": bodies})
-                changed = True
+            new = n.map_bodies(pack_loop_io)
+            changed |= new is not n
+            n = new
         if n.op == "scan":
             packed = _pack(n, producer, types, names)
             if packed is not None:

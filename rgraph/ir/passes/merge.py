@@ -24,7 +24,7 @@ def merge_matmuls(graph: GraphIR) -> GraphIR:
             break
     else:
         return graph
-    nodes = [_merge_bodies(n) for n in graph.nodes]
+    nodes = [n.map_bodies(merge_matmuls) for n in graph.nodes]
     changed = any(new is not old for new, old in zip(nodes, graph.nodes))
     types = graph.types()
     groups: dict[tuple, list[int]] = defaultdict(list)
@@ -81,15 +81,6 @@ def merge_matmuls(graph: GraphIR) -> GraphIR:
         return graph
     kept = [n for i, n in enumerate(nodes) if i not in merged]
     return schedule(graph.replace(nodes=tuple(kept + extra)))
-
-
-def _merge_bodies(node: Node) -> Node:
-    if not node.bodies:
-        return node
-    bodies = {k: merge_matmuls(b) for k, b in node.bodies.items()}
-    if all(bodies[k] is node.bodies[k] for k in bodies):
-        return node
-    return node.model_copy(update={"bodies": bodies})
 
 
 def make_node(op: str, inputs: tuple, outputs: tuple, attrs: dict, loc) -> Node:

@@ -39,12 +39,7 @@ def merge_pieces(graph: GraphIR) -> GraphIR:
     """
     if not any(n.op in ("split", "concat") or n.bodies for n in graph.nodes):
         return graph
-    nodes = list(graph.nodes)
-    for i, n in enumerate(nodes):
-        if n.bodies:
-            bodies = {k: merge_pieces(b) for k, b in n.bodies.items()}
-            if any(bodies[k] is not n.bodies[k] for k in bodies):
-                nodes[i] = n.model_copy(update={"bodies": bodies})
+    nodes = [n.map_bodies(merge_pieces) for n in graph.nodes]
     current = graph.replace(nodes=tuple(nodes)) if nodes != list(graph.nodes) else graph
     for _ in range(8):  # each round can expose the next (adds, then activations)
         rewritten = _Rewriter(current).run()
