@@ -630,3 +630,16 @@ def test_random_graphs_of_splits_concats_and_elementwise_ops_compute_the_same(da
     assert sum(op in elementwise for op in ops(after)) <= sum(
         op in elementwise for op in ops(before)
     )
+
+
+def test_a_chain_of_concats_of_split_pieces_is_read_as_its_source():
+    g = rg.Graph("chain")
+    x = g.input("x", ("B", 6))
+    a, b = g.split(x, axis=-1, sizes=[2, 4])
+    c, d = g.split(g.concat([a, b], axis=-1), axis=-1, sizes=[3, 3])
+    g.output(g.concat([c, d], axis=-1).tanh(), name="y")
+    after = merge_pieces(g.ir)
+    assert [n.op for n in after.nodes] == ["tanh", "identity"]  # no split, concat or copy
+    x_value = normal(2, 6)
+    got = same_results(g.ir, after, {"x": x_value})
+    np.testing.assert_allclose(got["y"], np.tanh(x_value), rtol=1e-15)

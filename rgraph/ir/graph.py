@@ -121,6 +121,7 @@ class GraphIR(BaseModel):
     _types: dict[str, TensorType] | None = PrivateAttr(default=None)
     # The ``nodes`` tuple known to be in dependency order (see :meth:`mark_scheduled`).
     _scheduled: tuple[Node, ...] | None = PrivateAttr(default=None)
+    _ops: tuple[tuple[Node, ...], frozenset[str]] | None = PrivateAttr(default=None)
 
     name: Name
     inputs: tuple[Var, ...] = ()
@@ -164,6 +165,20 @@ class GraphIR(BaseModel):
         private = {**(self.__pydantic_private__ or {}), "_scheduled": self.nodes}
         object.__setattr__(self, "__pydantic_private__", private)
         return self
+
+    def ops(self) -> frozenset[str]:
+        """The ops of the nodes (not of nested bodies), and ``"bodies"`` if some node has
+        bodies: passes ask it to return at once when they have nothing to do. Computed
+        once per ``nodes`` tuple."""
+        private = self.__pydantic_private__ or {}
+        cached = private.get("_ops")
+        if cached is None or cached[0] is not self.nodes:
+            ops = {n.op for n in self.nodes}
+            if any(n.bodies for n in self.nodes):
+                ops.add("bodies")
+            cached = (self.nodes, frozenset(ops))
+            object.__setattr__(self, "__pydantic_private__", {**private, "_ops": cached})
+        return cached[1]
 
     @property
     def known_scheduled(self) -> bool:

@@ -25,12 +25,15 @@ def contract(graph: GraphIR) -> GraphIR:
     After: ``x2 = reshape(x, [T*B, m]); y2 = reshape(y, [T*B, n]);
     s = matmul[transpose_a=true](x2, y2)``
     """
+    ops = graph.ops()
+    if "bodies" not in ops and not {"sum", "matmul"} <= ops:
+        return graph
     # Only sums of single-use products qualify: find those before building anything.
     summed = {n.inputs[0] for n in graph.nodes if n.op == "sum"}
     products = {
         o.name: n for n in graph.nodes if n.op == "matmul" for o in n.outputs if o.name in summed
     }
-    if not products and not any(n.bodies for n in graph.nodes):
+    if not products and "bodies" not in ops:
         return graph
     uses = dict.fromkeys(products, 0)
     for n in graph.nodes:

@@ -37,7 +37,7 @@ def hoist(graph: GraphIR) -> GraphIR:
         P = matmul(xs, W)                    # all steps at once
         h_T, hs = scan(h0, P, U) { h' = tanh(p_t + matmul(h, U)) }
     """
-    if not any(n.op == "scan" for n in graph.nodes):
+    if "scan" not in graph.ops():
         return graph
     b = Graph.from_ir(graph)
     for node in graph.nodes:

@@ -24,7 +24,7 @@ def pack_loop_io(graph: GraphIR) -> GraphIR:
     - ``ys`` that are all the pieces of one ``split`` in the body are returned as its
       input, split after the loop (one copy per step instead of one per piece).
     """
-    if not any(n.op == "scan" for n in graph.nodes):
+    if "scan" not in graph.ops():
         return graph
     producer = {o.name: n for n in graph.nodes for o in n.outputs}
     types = graph.types()

@@ -19,10 +19,7 @@ def merge_matmuls(graph: GraphIR) -> GraphIR:
     Before: ``i = matmul(h, Wi); f = matmul(h, Wf)``
     After:  ``W = concat[axis=1](Wi, Wf); p = matmul(h, W); i, f = split[axis=-1](p)``
     """
-    for n in graph.nodes:  # most graphs have nothing to merge: one light sweep says so
-        if n.bodies or n.op == "matmul":
-            break
-    else:
+    if not graph.ops() & {"matmul", "bodies"}:  # most graphs have nothing to merge
         return graph
     nodes = [n.map_bodies(merge_matmuls) for n in graph.nodes]
     changed = any(new is not old for new, old in zip(nodes, graph.nodes))

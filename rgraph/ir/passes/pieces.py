@@ -37,7 +37,7 @@ def merge_pieces(graph: GraphIR) -> GraphIR:
     Likewise ``concat(mul(p, q), mul(r, s))`` becomes ``mul(concat(p, r), concat(q, s))``,
     where a concat of all the pieces of a split, in order, is the split's input.
     """
-    if not any(n.op in ("split", "concat") or n.bodies for n in graph.nodes):
+    if not graph.ops() & {"split", "concat", "bodies"}:
         return graph
     nodes = [n.map_bodies(merge_pieces) for n in graph.nodes]
     current = graph.replace(nodes=tuple(nodes)) if nodes != list(graph.nodes) else graph
@@ -63,6 +63,7 @@ class _Rewriter:
         self.fixed = {p.name for p in graph.params} | {c.name for c in graph.consts}
         self.removed: set[int] = set()
         self.added: list[Node] = []
+        self.renames: dict[str, str] = {}
 
     def run(self) -> GraphIR | None:
         for n in self.graph.nodes:
@@ -72,10 +73,12 @@ class _Rewriter:
         for n in self.graph.nodes:
             if n.op == "concat" and len(n.inputs) > 1 and id(n) not in self.removed:
                 self._concat_of_ops(n)
-        if not self.added:
+        if not self.added and not self.renames:
             return None
-        kept = [n for n in self.graph.nodes if id(n) not in self.removed]
-        return prune(schedule(self.graph.replace(nodes=tuple(kept + self.added))))
+        kept = [n for n in self.graph.nodes if id(n) not in self.removed] + self.added
+        if self.renames:
+            kept = [_renamed(n, self.renames) for n in kept]
+        return prune(schedule(self.graph.replace(nodes=tuple(kept))))
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -231,7 +234,10 @@ class _Rewriter:
         axis = normalize_axis(get_op("concat").node_attrs(concat).axis, out.type.rank)
         whole = self._split_source(list(concat.inputs), axis)
         if whole is not None and self.types[whole] == out.type:
-            self._add("identity", (whole,), (out,), {}, concat.loc)
+            if out.name in self.outputs:  # an output keeps its name
+                self._add("identity", (whole,), (out,), {}, concat.loc)
+            else:  # consumers read the whole
+                self.renames[out.name] = whole
             self.removed.add(id(concat))
             return
         parts = [self.producer.get(i) for i in concat.inputs]
@@ -279,3 +285,16 @@ class _Rewriter:
         x = self.types[n.inputs[0]]
         split_axis = normalize_axis(get_op("split").node_attrs(n).axis, x.rank)
         return n.inputs[0] if split_axis == axis else None
+
+
+def _renamed(n: Node, renames: dict[str, str]) -> Node:
+    """``n`` reading, for each renamed input, what it stands for (through chains)."""
+    if not any(i in renames for i in n.inputs):
+        return n
+
+    def resolve(name: str) -> str:
+        while name in renames:
+            name = renames[name]
+        return name
+
+    return n.model_copy(update={"inputs": tuple(resolve(i) for i in n.inputs)})

@@ -42,7 +42,7 @@ def sink(graph: GraphIR) -> GraphIR:
         ds = 1 - hs * hs                                      # all steps at once
         W_T = W0 + sum[axes=[0]](matmul[transpose_a](xs, hs))
     """
-    if not any(n.op == "scan" for n in graph.nodes):
+    if "scan" not in graph.ops():
         return graph
     b = Graph.from_ir(graph)
     renames: dict[str, str] = {}
