@@ -51,14 +51,21 @@ class Matmul(Op):
         return [make_type(dtype, (*batch, m, n))]
 
     def kernel(self, a, ctx):
-        matmul = np.matmul
-        if a.transpose_a and a.transpose_b:
-            return lambda x, y: matmul(x.swapaxes(-1, -2), y.swapaxes(-1, -2))
-        if a.transpose_a:
-            return lambda x, y: matmul(x.swapaxes(-1, -2), y)
-        if a.transpose_b:
-            return lambda x, y: matmul(x, y.swapaxes(-1, -2))
-        return matmul
+        ta, tb = a.transpose_a, a.transpose_b
+
+        def product(x, y):
+            if ta:
+                x = x.swapaxes(-1, -2)
+            if tb:
+                y = y.swapaxes(-1, -2)
+            if x.ndim > 2 and y.ndim == 2:
+                # A stack of rows times one matrix is one product: numpy would make one
+                # BLAS call per batch entry (T calls of (1, k) @ (k, n) at batch 1).
+                rows = x.reshape(-1, x.shape[-1])
+                return np.matmul(rows, y).reshape(*x.shape[:-1], y.shape[-1])
+            return np.matmul(x, y)
+
+        return product
 
     def batched_attrs(self, a, ins, stacked, steps):
         return self.dump_attrs(a) if batches_elementwise(ins, stacked) else None
