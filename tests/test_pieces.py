@@ -643,3 +643,17 @@ def test_a_chain_of_concats_of_split_pieces_is_read_as_its_source():
     x_value = normal(2, 6)
     got = same_results(g.ir, after, {"x": x_value})
     np.testing.assert_allclose(got["y"], np.tanh(x_value), rtol=1e-15)
+
+
+@pytest.mark.parametrize("perm", [None, [1, 0]])
+def test_a_concat_of_transposes_is_the_transpose_of_a_concat(perm):
+    g = rg.Graph("weights")
+    ws = [g.param(f"W{i}", (2 + i, 3), init="normal") for i in range(3)]  # as W_gate
+    joined = g.concat([g.transpose(w, perm=perm) for w in ws], axis=1)  # (3, 9)
+    g.output(joined, name="y")
+    after = merge_pieces(g.ir)
+    (c,) = [n for n in after.nodes if n.op == "concat"]
+    assert c.inputs == ("W0", "W1", "W2") and c.attrs.get("axis", 0) == 0  # contiguous rows
+    params = {f"W{i}": normal(2 + i, 3) for i in range(3)}
+    got = same_results(g.ir, after, {}, params)
+    np.testing.assert_array_equal(got["y"], np.concatenate([p.T for p in params.values()], 1))

@@ -242,6 +242,9 @@ class _Rewriter:
             return
         parts = [self.producer.get(i) for i in concat.inputs]
         first = parts[0]
+        if first is not None and first.op == "transpose":
+            self._concat_of_transposes(concat, parts, axis)
+            return
         if first is None or not isinstance(get_op(first.op), (Binary, Unary)):
             return
         for n, name in zip(parts, concat.inputs):
@@ -275,6 +278,24 @@ class _Rewriter:
             inputs.append(whole)
         self._add(first.op, tuple(inputs), (out,), dict(first.attrs), loc)
         self.removed.update(id(n) for n in parts)
+        self.removed.add(id(concat))
+
+    def _concat_of_transposes(self, concat: Node, parts: list, axis: int) -> None:
+        """``concat(a_i^T)``: ``concat(a_i)^T``, a contiguous copy instead of a strided one
+        (stacked gate weights are joined at every run)."""
+        first = parts[0]
+        if any(p is None or p.op != "transpose" or p.attrs != first.attrs for p in parts):
+            return
+        out = concat.outputs[0]
+        perm = get_op("transpose").node_attrs(first).perm
+        perm = list(perm) if perm is not None else list(range(out.type.rank))[::-1]
+        inner = perm[axis]
+        shape = list(self.types[first.inputs[0]].shape)
+        shape[inner] = out.type.shape[axis]
+        joined = self._var(make_type(out.type.dtype, tuple(shape)))
+        sources = tuple(p.inputs[0] for p in parts)
+        self._add("concat", sources, (joined,), {"axis": inner}, concat.loc)
+        self._add("transpose", (joined.name,), (out,), dict(first.attrs), concat.loc)
         self.removed.add(id(concat))
 
     def _split_source(self, names: list[str], axis: int) -> str | None:
