@@ -10,7 +10,7 @@ and does not re-validate what it derived itself.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints
@@ -88,6 +88,14 @@ class Const(BaseModel):
     data: list[bool | int | float]
 
 
+def resolve(name: str, renames: Mapping[str, str]) -> str:
+    """What ``name`` stands for after ``renames`` (a pass's old name -> new name),
+    following chains."""
+    while name in renames:
+        name = renames[name]
+    return name
+
+
 class Node(BaseModel):
     """One op application: ``outputs = op(inputs; attrs)``, with nested ``bodies``."""
 
@@ -99,6 +107,14 @@ class Node(BaseModel):
     attrs: dict[Name, AttrValue] = {}
     bodies: dict[Name, GraphIR] = {}
     loc: SourceLoc | None = None
+
+    def renamed(self, renames: Mapping[str, str]) -> Node:
+        """This node reading, for each input in ``renames``, what it now stands for
+        (following chains); itself if no input is renamed."""
+        if not any(i in renames for i in self.inputs):
+            return self
+        inputs = tuple(resolve(i, renames) for i in self.inputs)
+        return self.model_copy(update={"inputs": inputs})
 
     def map_bodies(self, transform: Callable[[GraphIR], GraphIR]) -> Node:
         """This node with ``transform`` applied to each body; itself if none changed

@@ -68,7 +68,7 @@ def _pack(
         else:
             seen[key] = b_inputs[i].name
             keep.append(i)
-    b_nodes = [_renamed(n, renames) for n in b_nodes]  # nodes read the kept inputs
+    b_nodes = [n.renamed(renames) for n in b_nodes]  # nodes read the kept inputs
     xs_idx = [i for i in keep if i < nc + nx]
     ks_idx = [i for i in keep if i >= nc + nx]
 
@@ -194,9 +194,3 @@ def _wholes(ys: list[str], nodes: list[Node], types) -> list[tuple[str, dict, li
             wanted.difference_update(pieces)
             not_whole.add(whole)
     return found
-
-
-def _renamed(n: Node, renames: dict[str, str]) -> Node:
-    if not renames or not any(i in renames for i in n.inputs):
-        return n
-    return n.model_copy(update={"inputs": tuple(renames.get(i, i) for i in n.inputs)})

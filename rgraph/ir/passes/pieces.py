@@ -77,7 +77,7 @@ class _Rewriter:
             return None
         kept = [n for n in self.graph.nodes if id(n) not in self.removed] + self.added
         if self.renames:
-            kept = [_renamed(n, self.renames) for n in kept]
+            kept = [n.renamed(self.renames) for n in kept]
         return prune(schedule(self.graph.replace(nodes=tuple(kept))))
 
     # -- helpers --------------------------------------------------------------------------
@@ -306,16 +306,3 @@ class _Rewriter:
         x = self.types[n.inputs[0]]
         split_axis = normalize_axis(get_op("split").node_attrs(n).axis, x.rank)
         return n.inputs[0] if split_axis == axis else None
-
-
-def _renamed(n: Node, renames: dict[str, str]) -> Node:
-    """``n`` reading, for each renamed input, what it stands for (through chains)."""
-    if not any(i in renames for i in n.inputs):
-        return n
-
-    def resolve(name: str) -> str:
-        while name in renames:
-            name = renames[name]
-        return name
-
-    return n.model_copy(update={"inputs": tuple(resolve(i) for i in n.inputs)})

@@ -19,10 +19,11 @@ import numpy as np
 
 from rgraph.builder import Graph, Value
 from rgraph.ir.dims import Dim
-from rgraph.ir.graph import GraphIR, Node, Var
+from rgraph.ir.graph import GraphIR, Node, Var, resolve
 from rgraph.ir.op import get_op
 from rgraph.ir.ops.control import _steps_dim
 from rgraph.ir.passes.batching import batched_attrs
+from rgraph.ir.passes.merge import make_node
 from rgraph.ir.passes.prune import prune
 from rgraph.ir.passes.schedule import schedule
 from rgraph.ir.types import construct
@@ -47,8 +48,9 @@ def sink(graph: GraphIR) -> GraphIR:
     b = Graph.from_ir(graph)
     renames: dict[str, str] = {}
     replaced: set[int] = set()
+    producer = {o.name: n for n in graph.nodes for o in n.outputs}
     for node in graph.nodes:
-        if node.op == "scan" and _sink_scan(b, node, renames):
+        if node.op == "scan" and _sink_scan(b, node, renames, producer):
             replaced.add(id(node))
     if not replaced and b.ir.nodes == graph.nodes:
         return graph
@@ -61,7 +63,7 @@ class _Plan:
     """Which nodes of a body stay in the loop, leave it, or are copied out of it."""
 
     def __init__(self, body: GraphIR, nc: int, nx: int, steps: Dim):
-        self.body, self.steps = body, steps
+        self.steps = steps
         names = [v.name for v in body.inputs]
         self.carries, self.xs = names[:nc], names[nc : nc + nx]
         types = self.types = body.types()
@@ -105,7 +107,6 @@ class _Plan:
                 self.moved.append(n)
         self.kept.reverse()
         self.moved.reverse()
-        self.adds = adds
 
         # Values the moved nodes read from the loop: stacked ys of the new loop, or
         # copied out when their node batches on what is already available outside.
@@ -157,7 +158,7 @@ class _Plan:
         return gained > 0 and gained > len(self.stacked_out)
 
 
-def _sink_scan(b: Graph, node: Node, renames: dict[str, str]) -> bool:
+def _sink_scan(b: Graph, node: Node, renames: dict[str, str], producer: Mapping[str, Node]) -> bool:
     """Rebuild one scan with its plan's nodes outside; True if the node was replaced."""
     op = get_op(node.op)
     a = op.node_attrs(node)
@@ -230,47 +231,26 @@ def _sink_scan(b: Graph, node: Node, renames: dict[str, str]) -> bool:
             outer.update(zip((o.name for o in n.outputs), res if isinstance(res, tuple) else [res]))
         for k, term in plan.accumulators.items():
             total = b.sum(outer[term], axes=[0])
-            init = b.value(node.inputs[k])
-            if not _is_zeros(b, init.name):
-                total = b.add(init, total)
+            if not _is_zeros(producer.get(node.inputs[k])):
+                total = b.add(b.value(node.inputs[k]), total)
             renames[node.outputs[k].name] = total.name
     for var, y in zip(node.outputs[nc:], body.outputs[nc:]):
         renames[var.name] = stacked_ys[y].name if y in stacked_ys else outer[y].name
     return True
 
 
-def _is_zeros(b: Graph, name: str) -> bool:
-    """Whether ``name`` is made by ``full_like`` / ``full`` with value 0 (an empty sum)."""
-    n = next((n for n in b.ir.nodes if any(o.name == name for o in n.outputs)), None)
+def _is_zeros(n: Node | None) -> bool:
+    """Whether ``n`` makes zeros with ``full_like`` / ``full`` (an empty sum)."""
     return n is not None and n.op in ("full", "full_like") and n.attrs.get("value", 0.0) == 0.0
 
 
 def _rename(graph: GraphIR, renames: Mapping[str, str]) -> GraphIR:
     """Consumers read the new names; a graph output keeps its name through an identity."""
-
-    def resolve(name: str) -> str:
-        while name in renames:
-            name = renames[name]
-        return name
-
-    nodes = []
-    for n in graph.nodes:
-        inputs = tuple(resolve(i) for i in n.inputs)
-        nodes.append(n if inputs == n.inputs else n.model_copy(update={"inputs": inputs}))
+    nodes = [n.renamed(renames) for n in graph.nodes]
     types = graph.types()
     for name in graph.outputs:
         if name in renames:
-            var = construct(Var, name=name, type=types[resolve(name)])
-            identity = get_op("identity").attrs_from_kwargs({})[1]
-            nodes.append(
-                construct(
-                    Node,
-                    op="identity",
-                    inputs=(resolve(name),),
-                    outputs=(var,),
-                    attrs=identity,
-                    bodies={},
-                    loc=None,
-                )
-            )
+            source = resolve(name, renames)
+            var = construct(Var, name=name, type=types[source])
+            nodes.append(make_node("identity", (source,), (var,), {}, None))
     return graph.replace(nodes=tuple(nodes))
