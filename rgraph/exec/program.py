@@ -174,10 +174,10 @@ def _compile(graph, outputs, loss, wrt, cotangents, optimize, check_finite) -> P
             stages["contract"] = ir = contract(ir)
         stages["cse"] = ir = cse(ir)
         if not check_finite:
-            for round in ("", ".2", ".3"):  # each can expose work for the other
+            for suffix in ("", ".2", ".3"):  # each can expose work for the other
                 before = ir
-                stages["merge_pieces" + round] = ir = merge_pieces(ir)
-                stages["pack_loop_io" + round] = ir = pack_loop_io(ir)
+                stages["merge_pieces" + suffix] = ir = merge_pieces(ir)
+                stages["pack_loop_io" + suffix] = ir = pack_loop_io(ir)
                 if ir is before:
                     break
             before = ir
