@@ -24,7 +24,7 @@ from hypothesis.extra import numpy as hnp
 import rgraph as rg
 from rgraph.errors import NotDifferentiableError, ShapeError
 from rgraph.ir import dims
-from rgraph.ir.op import REGISTRY
+from rgraph.ir.op import REGISTRY, KernelContext, get_op
 from rgraph.ir.verify import problems
 
 try:  # run as a package (tests/__init__.py) or as a rootless test directory
@@ -152,6 +152,29 @@ def test_kernel_matches_reference(case: Case, dtype: str) -> None:
     want_dtypes, want = reference(case, dtype, arrays)
     for k, (dt, ref) in enumerate(zip(want_dtypes, want)):
         assert_matches(case, result[f"y{k}"], dt, ref, f"{case.id} output {k}")
+
+
+def _writes_out(case: Case) -> bool:
+    return get_op(case.op).writes_out
+
+
+@pytest.mark.parametrize(
+    ("case", "dtype"), rows_by_dtype(lambda c: not c.symbolic and _writes_out(c))
+)
+def test_out_kernels_write_the_value_they_return(case: Case, dtype: str) -> None:
+    """A loop gives ``writes_out`` kernels a buffer: the same bits must land in it."""
+    g, _ = build(case, dtype)
+    node = next(n for n in g.ir.nodes if n.op == case.op)
+    op = get_op(node.op)
+    kernel = op.kernel(op.node_attrs(node), KernelContext({}))
+    arrays = arrays_for(case, dtype, {})
+    want = np.asarray(kernel(*[a.copy() for a in arrays]))
+    out = np.full(
+        want.shape, np.nan if want.dtype.kind == "f" else -7, want.dtype
+    )  # stale contents must not leak through
+    got = kernel(*[a.copy() for a in arrays], out=out)
+    assert got is out, f"{case.id}: the kernel returned another array than out"
+    np.testing.assert_array_equal(out, want, err_msg=case.id)
 
 
 # --- 3. gradients -------------------------------------------------------------------------

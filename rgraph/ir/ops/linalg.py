@@ -23,6 +23,14 @@ class MatmulAttrs(Attrs):
     transpose_b: bool = False
 
 
+def _into(out: np.ndarray | None, value: np.ndarray) -> np.ndarray:
+    """``value``, copied into ``out`` if one is given."""
+    if out is None:
+        return value
+    out[...] = value
+    return out
+
+
 @register
 class Matmul(Op):
     """``op(a) @ op(b)`` where ``op`` optionally swaps the last two axes.
@@ -50,20 +58,28 @@ class Matmul(Op):
         batch = broadcast_shapes(x.shape[:-2], y.shape[:-2])
         return [make_type(dtype, (*batch, m, n))]
 
+    writes_out = True
+
     def kernel(self, a, ctx):
         ta, tb = a.transpose_a, a.transpose_b
 
-        def product(x, y):
+        def product(x, y, out=None):
             if ta:
                 x = x.swapaxes(-1, -2)
             if tb:
                 y = y.swapaxes(-1, -2)
-            if x.ndim > 2 and y.ndim == 2:
+            if y.ndim == 2:
+                if x.ndim == 2:
+                    return np.dot(x, y, out=out)  # numpy's cheapest call for one product
                 # A stack of rows times one matrix is one product: numpy would make one
                 # BLAS call per batch entry (T calls of (1, k) @ (k, n) at batch 1).
                 rows = x.reshape(-1, x.shape[-1])
-                return np.matmul(rows, y).reshape(*x.shape[:-1], y.shape[-1])
-            return np.matmul(x, y)
+                shape = (*x.shape[:-1], y.shape[-1])
+                if out is None or not out.flags.c_contiguous:
+                    return _into(out, np.dot(rows, y).reshape(shape))
+                np.dot(rows, y, out=out.reshape(rows.shape[0], y.shape[-1]))
+                return out
+            return np.matmul(x, y, out=out)
 
         return product
 
