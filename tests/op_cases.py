@@ -165,6 +165,7 @@ def case(op: str, args, ref, label: str = "", **kw: Any) -> None:
 
 
 SIZES = ({"B": 2, "T": 3}, {"B": 3, "T": 1})  # two sizes for every symbolic row
+LONG = ({"B": 2, "T": 3}, {"B": 3, "T": 2})  # for ops whose gradient is zero at T = 1
 
 # --- references ----------------------------------------------------------------------
 
@@ -689,6 +690,42 @@ case(
     sym_out=(("B", 5),),
 )
 
+
+def _shift(reverse):
+    def ref(xs, first):
+        rows = [first, *xs[:-1]] if not reverse else [*xs[1:], first]
+        return np.stack(rows).astype(xs.dtype) if len(xs) else xs.copy()
+
+    return ref
+
+
+case("shift", [A((4, 2, 3)), A((2, 3))], _shift(False), "forward")
+case("shift", [A((4, 2, 3)), A((2, 3))], _shift(True), "reverse", attrs={"reverse": True})
+case(
+    "shift",
+    [A((1, 3), zero_grad=True), A((3,))],
+    _shift(True),
+    "one_step",
+    attrs={"reverse": True},
+)
+case(
+    "shift",
+    [A(("T", "B", 2)), A(("B", 2))],
+    _shift(False),
+    "sym",
+    bindings=LONG,
+    sym_out=(("T", "B", 2),),
+)
+case(
+    "shift",
+    [A(("T", "B", 2)), A(("B", 2))],
+    _shift(True),
+    "sym_reverse",
+    attrs={"reverse": True},
+    bindings=LONG,
+    sym_out=(("T", "B", 2),),
+)
+
 case(
     "split", [A((2, 6))], _split(1, (1, 2, 3)), "three_axis1", attrs={"axis": 1, "sizes": [1, 2, 3]}
 )
@@ -740,6 +777,15 @@ case(
     attrs={"axis": 1, "start": -3, "step": 2},
     bindings=SIZES,
     sym_out=(("B", 2),),
+)
+case(
+    "slice",
+    [A(("T", 4))],
+    _slice(0, -1),
+    "sym_last",
+    attrs={"axis": 0, "start": -1},
+    bindings=SIZES,
+    sym_out=((1, 4),),
 )
 case(
     "slice_grad",

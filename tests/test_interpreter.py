@@ -312,6 +312,34 @@ def test_loop_plan_writes_outputs_in_place_and_keeps_carries_fresh():
     assert ops["eltmul"] == 0  # written straight into ys[0][t]
 
 
+def test_loop_plan_writes_a_carry_that_is_also_a_y_straight_into_ys():
+    from rgraph.exec.interpreter import _out_plan
+
+    g = rg.Graph("carry_y")
+    xs = g.input("xs", ("T", 4))
+
+    def step(b, carry, x):
+        h = b.tanh(carry[0] * 0.5 + x[0])
+        return [h], [h]
+
+    (last,), (hs,) = g.scan(step, init=[g.full(shape=[4], value=0.25)], xs=[xs])
+    g.output(last, name="last")
+    g.output(hs, name="hs")
+    prog = rg.compile(g)
+    body = next(n for n in prog.ir.nodes if n.op == "scan").bodies["body"]
+    ops = {body.nodes[i].op: j for i, j in _out_plan(body, num_carry=1).items()}
+    assert ops["tanh"] == 0  # the carry, written once into ys[0][t]
+    assert ops["add"] is None  # lives within the step: a reused buffer
+    x = np.random.default_rng(3).normal(size=(5, 4))
+    out = prog.run({"xs": x}).outputs
+    h, want = np.full(4, 0.25), []
+    for row in x:
+        h = np.tanh(h * 0.5 + row)
+        want.append(h)
+    np.testing.assert_array_equal(out["hs"], np.stack(want))
+    np.testing.assert_array_equal(out["last"], want[-1])
+
+
 def test_loops_and_graphs_without_nodes_run():
     g = rg.Graph("empty")
     xs = g.input("xs", ("T", 2))

@@ -326,6 +326,62 @@ def test_ys_that_are_not_exactly_the_pieces_stay(why):
     stays(ir, {"xs": normal(3, 2, 6)})
 
 
+# --- ys that are the carries as the steps get them -------------------------------------------
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_carries_returned_as_the_steps_get_them_are_shifts_of_what_the_steps_leave(reverse):
+    g = rg.Graph("delayed")
+    xs = g.input("xs", ("T", "B", 3))
+
+    def step(b, carry, x):
+        h, c = carry
+        new_c = c * 0.5 + x[0]
+        new_h = b.tanh(new_c) + h
+        return [new_h, new_c], [h, c, new_h]  # h and c as the step gets them
+
+    init = [g.input("h0", ("B", 3)), g.input("c0", ("B", 3))]
+    (h, c), (hs_in, cs_in, hs) = g.scan(step, init=init, xs=[xs], reverse=reverse)
+    for value, name in ((h, "h"), (c, "c"), (hs_in, "hs_in"), (cs_in, "cs_in"), (hs, "hs")):
+        g.output(value, name=name)
+    before = forward_identities(g.ir)  # the body returns new_h itself
+    after = pack_loop_io(before)
+    body = body_of(after)
+    carry_in = {v.name for v in body.inputs[:2]}
+    assert not carry_in & set(body.outputs[2:])
+    assert body.outputs[2:] == (body.outputs[0], body.outputs[1])  # new_h once, new_c added
+    shifts = [n for n in after.nodes if n.op == "shift"]
+    assert len(shifts) == 2
+    assert all(n.attrs.get("reverse", False) is reverse for n in shifts)
+    feeds = {"xs": normal(4, 2, 3), "h0": normal(2, 3), "c0": normal(2, 3)}
+    got = same_results(before, after, feeds)
+    h, c, h_in, c_in = feeds["h0"], feeds["c0"], [], []
+    for x in feeds["xs"][::-1] if reverse else feeds["xs"]:
+        h_in.append(h)
+        c_in.append(c)
+        c = c * 0.5 + x
+        h = np.tanh(c) + h
+    order = slice(None, None, -1) if reverse else slice(None)
+    np.testing.assert_array_equal(got["hs_in"], np.stack(h_in)[order])
+    np.testing.assert_array_equal(got["cs_in"], np.stack(c_in)[order])
+
+
+def test_a_carry_passed_through_unchanged_and_returned_stays():
+    g = rg.Graph("passed")
+    xs = g.input("xs", ("T", 3))
+
+    def step(b, carry, x):
+        return [carry[0], carry[1] + x[0]], [carry[0]]
+
+    init = [g.input("k", (3,)), g.full(shape=[3])]
+    _, (ks,) = g.scan(step, init=init, xs=[xs])
+    g.output(ks, name="ks")
+    before = g.ir
+    after = pack_loop_io(before)
+    assert "shift" not in ops(after)
+    same_results(before, after, {"xs": normal(3, 3), "k": normal(3)})
+
+
 # --- found while testing -------------------------------------------------------------------
 
 
@@ -484,11 +540,13 @@ def test_random_loop_inputs_and_outputs_pack_to_the_same_results(data):
         h = b.tanh(total)
         cut = b.split(h, axis=-1, sizes=[1, 2])
         both = b.concat([h, x[0]], axis=-1)
-        menu = [h, cut[0], cut[1], both, x[0], x[-1], b.sigmoid(cut[1])]
+        menu = [h, cut[0], cut[1], both, x[0], x[-1], b.sigmoid(cut[1]), carry[0]]
         picks = draw(st.lists(st.integers(0, len(menu) - 1), max_size=5), label="ys")
         return [h], [menu[k] for k in picks]
 
-    (h,), ys = g.scan(step, init=[g.full(shape=["B", width])], xs=xs)
+    reverse = draw(st.booleans(), label="reverse")
+    init = [g.full(shape=["B", width])]
+    (h,), ys = g.scan(step, init=init, xs=xs, reverse=reverse)
     g.output(h, name="h")
     for i, y in enumerate(ys):
         g.output(y, name=f"y{i}")

@@ -381,7 +381,8 @@ def _out_plan(graph: GraphIR, num_carry: int) -> dict[int, int | None]:
 
     A buffer is overwritten at the next step, so no value that may share memory with a
     carry (which lives on into the next step) gets one: the carries, and through ops
-    that may return views of their inputs, whatever they were made from.
+    that may return views of their inputs, whatever they were made from. ``ys[j][t]`` is
+    written once, so any value may go there, carries too.
     """
     producer = {o.name: i for i, n in enumerate(graph.nodes) for o in n.outputs}
 
@@ -404,9 +405,12 @@ def _out_plan(graph: GraphIR, num_carry: int) -> dict[int, int | None]:
     plan: dict[int, int | None] = {}
     for i, node in enumerate(graph.nodes):
         out = node.outputs[0]
-        if writes_out(node) and out.name not in shared:
+        if writes_out(node):
             j = first_y.get(out.name)
-            plan[i] = j if j is not None and out.type.rank >= 1 else None
+            if j is not None and out.type.rank >= 1:
+                plan[i] = j
+            elif out.name not in shared:
+                plan[i] = None
     return plan
 
 

@@ -1,4 +1,4 @@
-"""Ops that move data without arithmetic: reshape, transpose, concat, split, slice."""
+"""Ops that move data without arithmetic: reshape, transpose, concat, split, slice, shift."""
 
 from __future__ import annotations
 
@@ -132,8 +132,10 @@ class Concat(Op):
         shape[axis] = _total([t.shape[axis] for t in ins])
         return [like(ins[0], tuple(shape), dtype)]
 
+    writes_out = True
+
     def kernel(self, a, ctx):
-        return lambda *xs: np.concatenate(xs, axis=a.axis)
+        return lambda *xs, out=None: np.concatenate(xs, axis=a.axis, out=out)
 
     def batched_attrs(self, a, ins, stacked, steps):
         return {"axis": shift_axis(a.axis)} if all(stacked) else None
@@ -216,10 +218,12 @@ def _sliced(t, a):
         size = len(range(*slice(a.start, a.stop, a.step).indices(dim)))
     elif (a.start or 0) >= 0 and a.stop is not None and a.stop >= 0:
         size = -(-max(a.stop - (a.start or 0), 0) // a.step)
+    elif a.start is not None and a.start < 0 and a.stop is None:  # the last -start
+        size = (-a.start + a.step - 1) // a.step
     else:
         raise ShapeError(
             f"cannot slice symbolic dim {dim!r} with start={a.start}, stop={a.stop}:"
-            " give non-negative start and stop"
+            " give non-negative start and stop, or a negative start and no stop"
         )
     shape = list(t.shape)
     shape[axis] = size
@@ -284,3 +288,53 @@ class SliceGrad(Op):
 
     def vjp(self, g, a, ins, outs, cts):
         return [g.slice(cts[0], **a.model_dump()), None]
+
+
+class ShiftAttrs(Attrs):
+    reverse: bool = False
+
+
+@register
+class Shift(Op):
+    """``xs`` delayed by one step along axis 0, ``first`` entering at the start:
+    ``out[0] = first`` and ``out[t] = xs[t - 1]``; with ``reverse``, ``out[-1] = first``
+    and ``out[t] = xs[t + 1]``.
+
+    The states a loop's steps start from are the states its steps end with, one step
+    later: a loop then returns the latter only (see ``pack_loop_io``).
+    """
+
+    name = "shift"
+    flops_per_element = 0  # moves data only
+    arity = (2, 2)
+    Attrs = ShiftAttrs
+    writes_out = True
+
+    def infer(self, ins, a):
+        xs, first = ins
+        same_dtype(ins)
+        if xs.rank < 1 or xs.shape[1:] != first.shape:
+            raise ShapeError(f"shift takes steps of {first} stacked along axis 0, got {xs}")
+        return [xs]
+
+    def kernel(self, a, ctx):
+        def shift(xs, first, out=None):
+            if out is None:
+                out = np.empty(xs.shape, xs.dtype)
+            if len(out):
+                if a.reverse:
+                    out[:-1] = xs[1:]
+                    out[-1] = first
+                else:
+                    out[1:] = xs[:-1]
+                    out[0] = first
+            return out
+
+        return shift
+
+    def vjp(self, g, a, ins, outs, cts):
+        first = ins[1]
+        ct = cts[0]
+        d_xs = g.shift(ct, g.full_like(first, value=0.0), reverse=not a.reverse)
+        edge = g.slice(ct, axis=0, start=-1) if a.reverse else g.slice(ct, axis=0, start=0, stop=1)
+        return [d_xs, g.reshape(edge, shape=list(first.shape))]

@@ -22,7 +22,10 @@ def pack_loop_io(graph: GraphIR) -> GraphIR:
       the body (one slice per step instead of one per piece);
     - a body value returned twice as a ``y`` is returned once;
     - ``ys`` that are all the pieces of one ``split`` in the body are returned as its
-      input, split after the loop (one copy per step instead of one per piece).
+      input, split after the loop (one copy per step instead of one per piece);
+    - a ``y`` that is a carry as the step gets it is the carry as the step before left
+      it: the loop returns the latter (written in place, no copy) and a ``shift`` after
+      the loop makes the former (one copy of the whole instead of one per step).
     """
     if "scan" not in graph.ops():
         return graph
@@ -37,13 +40,55 @@ def pack_loop_io(graph: GraphIR) -> GraphIR:
             changed |= new is not n
             n = new
         if n.op == "scan":
+            shifted = _shift_states(n, names)
+            after = shifted[1:] if shifted else []
+            n = shifted[0] if shifted else n
             packed = _pack(n, producer, types, names)
-            if packed is not None:
-                nodes.extend(packed)
+            if packed is not None or shifted:
+                nodes.extend([*(packed or [n]), *after])
                 changed = True
                 continue
         nodes.append(n)
     return schedule(graph.replace(nodes=tuple(nodes))) if changed else graph
+
+
+def _shift_states(node: Node, names: FreshNames) -> list[Node] | None:
+    """The scan returning, instead of each carry as its steps get it, that carry as its
+    steps leave it, and the ``shift`` nodes that delay the latter into the former; None
+    when no ``y`` is a carry input."""
+    a = get_op("scan").node_attrs(node)
+    body, nc = a.body, a.num_carry
+    carry_in = {v.name: k for k, v in enumerate(body.inputs[:nc])}
+    inputs = {v.name for v in body.inputs}
+    ys = list(body.outputs[nc:])
+    delayed = [
+        j for j, y in enumerate(ys) if y in carry_in and body.outputs[carry_in[y]] not in inputs
+    ]
+    if not delayed:
+        return None
+    types = body.types()
+    keep = [j for j in range(len(ys)) if j not in delayed]
+    new_ys = [ys[j] for j in keep]
+    out_vars = [*node.outputs[:nc], *(node.outputs[nc + j] for j in keep)]
+    steps = node.outputs[nc].type.shape[0]
+    shifts = []
+    for j in delayed:
+        k = carry_in[ys[j]]
+        left = body.outputs[k]
+        if left not in new_ys:
+            t = types[left]
+            new_ys.append(left)
+            out_vars.append(
+                construct(Var, name=names.fresh("ys"), type=t.with_shape((steps, *t.shape)))
+            )
+        stacked = out_vars[nc + new_ys.index(left)].name
+        attrs = {"reverse": True} if a.reverse else {}
+        shifts.append(
+            make_node("shift", (stacked, node.inputs[k]), (node.outputs[nc + j],), attrs, node.loc)
+        )
+    new_body = body.replace(outputs=(*body.outputs[:nc], *new_ys))
+    scan = node.model_copy(update={"outputs": tuple(out_vars), "bodies": {"body": new_body}})
+    return [scan, *shifts]
 
 
 def _pack(
