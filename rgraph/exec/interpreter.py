@@ -7,13 +7,15 @@ prepared steps depend on the sizes of symbolic dims, so they are cached per bind
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from rgraph.errors import ExecutionError, FeedError, NonFiniteError
+from rgraph.exec.arena import MIN_BYTES, ThreadArenas
 from rgraph.ir import dims
 from rgraph.ir.graph import GraphIR, Node
 from rgraph.ir.op import KernelContext, get_op
@@ -38,10 +40,21 @@ class Interpreter:
     array([0., 0.])
     """
 
-    def __init__(self, graph: GraphIR, *, check_finite: bool = False):
+    def __init__(
+        self,
+        graph: GraphIR,
+        *,
+        check_finite: bool = False,
+        loop_body: bool = False,
+        empty: Callable[..., np.ndarray] | None = None,
+    ):
         self.graph = graph
         # Debug mode: stop at the first node that produces a NaN or an infinity.
         self.check_finite = check_finite
+        # Large values are made in memory kept across runs (a loop body's own values are
+        # planned by its loop: see _out_plan); ``empty`` allocates it.
+        self.loop_body = loop_body
+        self.empty = empty or ThreadArenas().empty
         names = graph.types()
         self.slot: dict[str, int] = dict(zip(names, range(len(names))))
         self.consts = [
@@ -97,7 +110,7 @@ class Interpreter:
         key = tuple(sorted(binding.items()))
         steps = self._prepared.get(key)
         if steps is None:
-            ctx = KernelContext(dict(binding), self.check_finite, self._cache)
+            ctx = KernelContext(dict(binding), self.check_finite, self._cache, self.empty)
             steps = []
             for i, node in enumerate(self.graph.nodes):
                 op = get_op(node.op)
@@ -107,6 +120,8 @@ class Interpreter:
                         kernel = op.kernel(op.node_attrs(node), ctx)
                         if not op.uses_dims:
                             self._kernels[i] = kernel
+                    if not self.loop_body and op.writes_out and len(node.outputs) == 1:
+                        kernel = self._in_arena(kernel, node.outputs[0].type, binding)
                 except KeyError as e:
                     raise ExecutionError(
                         f"{_describe(node)} needs dim {e} which no input binds"
@@ -123,6 +138,14 @@ class Interpreter:
                 )
             self._prepared[key] = steps
         return steps
+
+    def _in_arena(self, kernel: Any, t: TensorType, binding: Mapping[str, int]) -> Any:
+        """``kernel`` writing its value into the arena, if the value is large."""
+        shape = tuple(dims.evaluate(d, binding) for d in t.shape)
+        dtype, empty = t.np_dtype, self.empty
+        if math.prod(shape) * dtype.itemsize < MIN_BYTES:
+            return kernel
+        return lambda *args: kernel(*args, out=empty(shape, dtype))
 
     def run(
         self,
@@ -209,7 +232,7 @@ class Interpreter:
         run = self._runs.get(id(steps))
         if run is None:
             run = self._runs[id(steps)] = sched.bind([st.kernel for st in steps])
-        size, consts, nodes = len(self.slot), self.consts, self.graph.nodes
+        size, consts, nodes, empty = len(self.slot), self.consts, self.graph.nodes, self.empty
         carry_slots, inv_slots = in_slots[:nc], in_slots[nc + nx :]
         buffer_types = [
             (
@@ -221,7 +244,7 @@ class Interpreter:
 
         def loop(carries, xs, invariants, ys, order):
             # Fresh buffers per run: concurrent runs of one program share nothing.
-            buffers = [np.empty(shape, dtype) for shape, dtype in buffer_types]
+            buffers = [empty(shape, dtype) for shape, dtype in buffer_types]
             values: list[Any] = [None] * size
             for slot, arr in consts:
                 values[slot] = arr

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from rgraph.errors import ArityError, BadAttributeError, DTypeError, ShapeError, UnknownOpError
@@ -36,6 +37,8 @@ class KernelContext:
     check_finite: bool = False
     # Kept across bindings by the interpreter, e.g. for loop bodies' interpreters.
     cache: dict = field(default_factory=dict)
+    # ``np.empty`` for arrays a kernel fills itself (a loop's ys): the interpreter's arena.
+    empty: Callable[..., Any] = np.empty
 
 
 class Attrs(BaseModel):

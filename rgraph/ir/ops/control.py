@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from pydantic import Field
 
 from rgraph.errors import (
@@ -108,7 +107,10 @@ class Scan(Op):
 
         key = ("scan body", id(a.body))
         if key not in ctx.cache:  # one interpreter per body, whatever the binding
-            ctx.cache[key] = (a.body, Interpreter(a.body, check_finite=ctx.check_finite))
+            body = Interpreter(
+                a.body, check_finite=ctx.check_finite, loop_body=True, empty=ctx.empty
+            )
+            ctx.cache[key] = (a.body, body)
         nc, nx = a.num_carry, a.num_xs
         run_loop = ctx.cache[key][1].loop(ctx.dims, nc, nx)
         types = a.body.types()
@@ -117,11 +119,12 @@ class Scan(Op):
             for name in a.body.outputs[nc:]
         ]
         length = None if nx else dims.evaluate(a.length, ctx.dims)
+        empty = ctx.empty
 
         def scan(*args):
             xs = args[nc : nc + nx]
             steps = xs[0].shape[0] if nx else length
-            ys = [np.empty((steps, *shape), dtype) for dtype, shape in y_shapes]
+            ys = [empty((steps, *shape), dtype) for dtype, shape in y_shapes]
             order = range(steps - 1, -1, -1) if a.reverse else range(steps)
             carry = run_loop(args[:nc], xs, args[nc + nx :], ys, order)
             return (*carry, *ys) if len(carry) + len(ys) != 1 else (carry + ys)[0]

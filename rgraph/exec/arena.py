@@ -1,0 +1,74 @@
+"""Memory for large arrays, kept from one run to the next.
+
+A training step makes the same large intermediates at every run (per-step outputs of
+loops, activations of all steps at once, their gradients). Fresh memory for each costs a
+page fault per 4 KiB page on first touch, which on a virtual machine can cost more than
+the arithmetic done on the page. An :class:`Arena` hands out views of buffers that
+earlier arrays left free instead.
+
+A buffer is free when nothing but the arena references it: numpy views keep a reference
+to the array that owns their memory, so while any array made from a buffer is alive (a
+value of the running program, an output the caller kept) the buffer is not handed out
+again. Reuse never changes a value anyone can see.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import threading
+from typing import Any
+
+import numpy as np
+
+MIN_BYTES = 1 << 16  # smaller arrays come from numpy's allocator: reused without faults
+
+
+class Arena:
+    """Buffers for one thread's runs; :meth:`empty` is ``np.empty`` from them.
+
+    >>> arena = Arena()
+    >>> a = arena.empty((100, 100), np.float64)
+    >>> b = arena.empty((100, 100), np.float64)  # a is alive: another buffer
+    >>> a_buffer = id(a.base)
+    >>> b.base is a.base, len(arena.buffers)
+    (False, 2)
+    >>> del a
+    >>> id(arena.empty((100, 90), np.float64).base) == a_buffer  # free again
+    True
+    """
+
+    def __init__(self) -> None:
+        self.buffers: list[np.ndarray] = []  # bytes, each owned by the arena alone when free
+
+    def empty(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        """An uninitialised array of ``shape`` and ``dtype``: in the smallest free buffer
+        that holds it, else in a new buffer."""
+        dtype = np.dtype(dtype)
+        size = math.prod(shape) * dtype.itemsize
+        if size < MIN_BYTES:
+            return np.empty(shape, dtype)
+        # References to a free buffer: the list, the comprehension's variable and
+        # getrefcount's argument; any more is an array made from it.
+        free = [b for b in self.buffers if b.nbytes >= size and sys.getrefcount(b) == 3]
+        best = min(free, key=lambda b: b.nbytes, default=None)
+        if best is None:
+            # Free buffers too small for this request are likely from shorter sequences
+            # than the ones now coming: let them go rather than hold both.
+            self.buffers = [b for b in self.buffers if b.nbytes >= size or sys.getrefcount(b) > 3]
+            best = np.empty(size, np.uint8)
+            self.buffers.append(best)
+        return best[:size].view(dtype).reshape(shape)
+
+
+class ThreadArenas:
+    """One :class:`Arena` per thread: runs in two threads never share a buffer."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def empty(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        arena = getattr(self._local, "arena", None)
+        if arena is None:
+            arena = self._local.arena = Arena()
+        return arena.empty(shape, dtype)

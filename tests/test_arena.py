@@ -1,0 +1,129 @@
+"""The arena: large values reuse memory across runs, and never memory a live array uses."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import rgraph as rg
+from rgraph.exec.arena import MIN_BYTES, Arena
+
+RNG = np.random.default_rng(5)
+
+
+def test_a_buffer_is_handed_out_again_only_once_nothing_uses_it():
+    arena = Arena()
+    n = MIN_BYTES // 8
+    a = arena.empty((n,), np.float64)
+    view = a[::2]  # a view of a view still holds the buffer
+    del a
+    b = arena.empty((n,), np.float64)
+    assert not np.shares_memory(b, view)
+    first = id(view.base)
+    del view
+    c = arena.empty((n // 2, 2), np.float64)  # fits in the first buffer: reused
+    assert id(c.base) == first
+    assert len(arena.buffers) == 2
+
+
+def test_small_arrays_get_their_own_memory_and_others_the_smallest_free_buffer():
+    arena = Arena()
+    small = arena.empty((4,), np.float32)
+    assert small.base is None and not arena.buffers
+    big, bigger = arena.empty((2 * MIN_BYTES,), np.uint8), arena.empty((4 * MIN_BYTES,), np.uint8)
+    ids = id(big.base), id(bigger.base)
+    del big, bigger
+    assert id(arena.empty((MIN_BYTES,), np.uint8).base) == ids[0]
+    assert id(arena.empty((MIN_BYTES,), np.uint8).base) == ids[0]  # (the last one is gone)
+
+
+def test_free_buffers_too_small_for_a_new_request_are_let_go():
+    arena = Arena()
+    for n in (1, 2, 4, 8):  # longer and longer sequences, one at a time
+        arena.empty((n * MIN_BYTES,), np.uint8)
+    assert [b.nbytes for b in arena.buffers] == [8 * MIN_BYTES]
+
+
+def _long_loop() -> rg.Graph:
+    g = rg.Graph("long")
+    xs = g.input("xs", ("T", "B", 64))
+    w = g.param("w", (64, 64))
+
+    def step(b, carry, x):
+        h = b.tanh(b.matmul(carry[0], w) + x[0])
+        return [h], [h * 2.0]
+
+    (h,), (ys,) = g.scan(step, init=[g.full(shape=["B", 64])], xs=[xs])
+    g.output(ys + 1.0, name="ys")
+    g.output(h, name="h")
+    g.output(g.sum(ys * ys), name="loss")
+    return g
+
+
+def _reference(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    h, ys = np.zeros(x.shape[1:]), []
+    for row in x:
+        h = np.tanh(h @ w + row)
+        ys.append(h * 2.0)
+    return np.stack(ys) + 1.0
+
+
+def test_outputs_kept_by_the_caller_survive_later_runs():
+    g = _long_loop()
+    prog = rg.compile(g, loss="loss")
+    w = {"w": RNG.normal(size=(64, 64)) * 0.1}
+    x1, x2 = RNG.normal(size=(2, 20, 16, 64))  # ys: 160 KiB, in the arena
+    first = prog.run({"xs": x1}, w)
+    kept = {k: v.copy() for k, v in first.outputs.items()} | {"w.grad": first.grads["w"].copy()}
+    for _ in range(3):
+        again = prog.run({"xs": x2}, w)
+        np.testing.assert_array_equal(again["ys"], _reference(x2, w["w"]))
+        for old in [*first.outputs.values(), *first.grads.values()]:
+            for new in [*again.outputs.values(), *again.grads.values()]:
+                assert not np.shares_memory(old, new)
+    for name in ("ys", "h", "loss"):
+        np.testing.assert_array_equal(first[name], kept[name])
+    np.testing.assert_array_equal(first.grads["w"], kept["w.grad"])
+    np.testing.assert_array_equal(first["ys"], _reference(x1, w["w"]))
+
+
+def test_runs_in_two_threads_at_once_do_not_share_memory():
+    g = _long_loop()
+    prog = rg.compile(g, loss="loss")
+    w = {"w": RNG.normal(size=(64, 64)) * 0.1}
+    inputs = [RNG.normal(size=(12, 16, 64)) for _ in range(2)]
+    wrong: list[str] = []
+
+    def work(x: np.ndarray) -> None:
+        want = _reference(x, w["w"])
+        for _ in range(30):
+            if not np.array_equal(prog.run({"xs": x}, w)["ys"], want):
+                wrong.append("ys differs")
+
+    threads = [threading.Thread(target=work, args=(x,)) for x in inputs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not wrong
+
+
+@pytest.mark.parametrize("lengths", [(30, 10, 20, 5, 30, 25), (5, 10, 20, 40, 80)])
+def test_memory_held_between_runs_follows_the_sequences_now_coming(lengths):
+    g = _long_loop()
+    prog = rg.compile(g, loss="loss")
+    w = {"w": RNG.normal(size=(64, 64)) * 0.1}
+    arena = prog.interpreter.empty.__self__._local
+    longest = 0
+    for T in lengths:
+        x = RNG.normal(size=(T, 16, 64))
+        r = prog.run({"xs": x}, w)
+        np.testing.assert_allclose(r["ys"], _reference(x, w["w"]), rtol=1e-12)
+        del r
+        longest = max(longest, T)
+        held = sum(b.nbytes for b in arena.arena.buffers)
+        # A run's large values are six (T, B, 64) arrays at most: what stays held is one
+        # such set for the longest sequence seen, not one set per length.
+        assert held <= 6 * longest * 16 * 64 * 8, (T, held)
