@@ -440,6 +440,47 @@ def test_concat_of_all_the_pieces_of_a_split_in_order_is_the_split_input():
 # --- a split with one used piece -----------------------------------------------------------
 
 
+# --- reductions of every piece --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "op, axes, keepdims",
+    [("sum", [0, 1], True), ("sum", [0, 1], False), ("mean", [1], False), ("sum", [0], True)],
+)
+def test_the_same_reduction_of_every_piece_is_one_reduction_split(op, axes, keepdims):
+    g = rg.Graph("bias_grads")
+    x = g.input("x", ("T", "B", 9))
+    parts = g.split(x, axis=2, sizes=[2, 3, 4])
+    for k, part in enumerate(parts):
+        g.output(g.op(op, part, axes=axes, keepdims=keepdims), name=f"r{k}")
+    before = g.ir
+    after = merge_pieces(before)
+    (reduction,) = [n for n in after.nodes if n.op == op]
+    assert reduction.inputs == ("x",)
+    assert count(after, "split") == 1  # of the reduction (the outputs' identities merge too)
+    feeds = {"x": normal(4, 3, 9)}
+    got = same_results(before, after, feeds)
+    fn = np.sum if op == "sum" else np.mean
+    for k, (lo, hi) in enumerate([(0, 2), (2, 5), (5, 9)]):
+        want = fn(feeds["x"][..., lo:hi], axis=tuple(axes), keepdims=keepdims)
+        np.testing.assert_allclose(got[f"r{k}"], want, rtol=1e-14)
+
+
+@pytest.mark.parametrize("why", ["split_axis", "missing_piece", "other_axes"])
+def test_reductions_over_the_split_axis_or_not_of_every_piece_stay(why):
+    g = rg.Graph("stays")
+    x = g.input("x", ("B", 6))
+    parts = g.split(x, axis=1, sizes=[2, 4])
+    axes = {"split_axis": [[1], [1]], "missing_piece": [[0]], "other_axes": [[0], None]}[why]
+    for k, ax in enumerate(axes):
+        g.output(g.sum(parts[k], axes=ax), name=f"r{k}")
+    before = g.ir
+    after = merge_pieces(before)
+    assert count(after, "sum") == len(axes)
+    assert all(n.inputs[0] != "x" for n in after.nodes if n.op == "sum")
+    same_results(before, after, {"x": normal(3, 6)})
+
+
 @pytest.mark.parametrize("used, window", [(0, (0, 2)), (1, (2, 5)), (2, (5, 9))])
 def test_a_split_with_one_used_piece_becomes_a_slice(used, window):
     g = rg.Graph("lone")

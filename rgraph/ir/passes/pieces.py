@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from rgraph.ir.graph import GraphIR, Node, Var
-from rgraph.ir.op import broadcast_shapes, get_op, normalize_axis
+from rgraph.ir.op import broadcast_shapes, freeze, get_op, normalize_axis
 from rgraph.ir.ops.elementwise import Binary, Unary
 from rgraph.ir.passes.merge import FreshNames, make_node
 from rgraph.ir.passes.prune import prune
@@ -35,7 +35,8 @@ def merge_pieces(graph: GraphIR) -> GraphIR:
         t = sigmoid(s); sa, sb = split[axis=-1](t)
 
     Likewise ``concat(mul(p, q), mul(r, s))`` becomes ``mul(concat(p, r), concat(q, s))``,
-    where a concat of all the pieces of a split, in order, is the split's input.
+    where a concat of all the pieces of a split, in order, is the split's input; and the
+    same ``sum`` of every piece, over other axes than the split's, is one sum, split.
     """
     if not graph.ops() & {"split", "concat", "bodies"}:
         return graph
@@ -69,6 +70,7 @@ class _Rewriter:
         for n in self.graph.nodes:
             if n.op == "split" and len(n.outputs) > 1:
                 self._ops_on_pieces(n)
+                self._reductions_of_pieces(n)
                 self._lone_piece(n)
         for n in self.graph.nodes:
             if n.op == "concat" and len(n.inputs) > 1 and id(n) not in self.removed:
@@ -118,6 +120,35 @@ class _Rewriter:
                 self._binary_whole(
                     split, x, axis, sizes, [members[i] for i in range(len(pieces))], pos
                 )
+
+    def _reductions_of_pieces(self, split: Node) -> None:
+        """The same ``sum`` (or ``mean``) of every piece over axes other than the split's
+        (the bias gradients of stacked gates): one reduction of the whole, then split."""
+        x = self.types[split.inputs[0]]
+        axis = normalize_axis(get_op("split").node_attrs(split).axis, x.rank)
+        pieces = [o.name for o in split.outputs]
+        families: dict[tuple, dict[int, Node]] = defaultdict(dict)
+        for i, p in enumerate(pieces):
+            for n in self.users[p]:
+                if n.op in ("sum", "mean") and self._free(n):
+                    families[(n.op, freeze(n.attrs))].setdefault(i, n)
+        for members in families.values():
+            if len(members) != len(pieces):
+                continue
+            first = members[0]
+            a = get_op(first.op).node_attrs(first)
+            axes = range(x.rank) if a.axes is None else {normalize_axis(k, x.rank) for k in a.axes}
+            if axis in axes:
+                continue
+            at = axis if a.keepdims else axis - sum(k < axis for k in axes)
+            out = first.outputs[0].type
+            shape = (*out.shape[:at], x.shape[axis], *out.shape[at + 1 :])
+            whole = self._var(out.with_shape(shape))
+            self._add(first.op, (split.inputs[0],), (whole,), dict(first.attrs), first.loc)
+            outs = tuple(members[i].outputs[0] for i in range(len(pieces)))
+            sizes = list(get_op("split").node_attrs(split).sizes)
+            self._add("split", (whole.name,), outs, {"axis": at, "sizes": sizes}, first.loc)
+            self.removed.update(id(n) for n in members.values())
 
     def _lone_piece(self, split: Node) -> None:
         """A split of which one piece is used: a slice making only that piece."""
