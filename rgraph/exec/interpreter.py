@@ -475,8 +475,8 @@ def _call_lines(
     lines = []
     for i, st in enumerate(steps):
         args = ", ".join(f"v{j}" for j in st.inputs)
-        if into and i in into:
-            args += f", out={into[i]}"
+        if into and i in into:  # a ufunc takes out= positionally, a little faster
+            args += f", {into[i]}" if isinstance(st.kernel, np.ufunc) else f", out={into[i]}"
         outs = ", ".join(f"v{j}" for j in st.outputs)
         line = f"{indent}{outs}{',' if len(st.outputs) > 1 else ''} = k{i}({args})"
         if free and st.free:

@@ -246,12 +246,13 @@ class Slice(Op):
 
     def kernel(self, a, ctx):
         index = _along(a.axis, slice(a.start, a.stop, a.step))
+        axis, stop = a.axis, a.stop
+        if stop is None:
+            return operator.itemgetter(index)
 
         def take(x):
-            if a.stop is not None and a.stop > x.shape[a.axis]:
-                raise IndexError(
-                    f"slice stop {a.stop} is past dim {x.shape[a.axis]} of axis {a.axis}"
-                )
+            if stop > x.shape[axis]:
+                raise IndexError(f"slice stop {stop} is past dim {x.shape[axis]} of axis {axis}")
             return x[index]
 
         return take
