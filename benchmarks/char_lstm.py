@@ -22,7 +22,9 @@ batch 1; C: letter 32, hidden [128, 128], batch 32.
 Implementations (each starts from the same ``rg.init_params(graph, seed)`` and trains on
 the same batches, so rgraph and the hand-written version follow the same losses):
 
-- ``rgraph``: ``rg.compile(g, ["loss", "nll", "count"], loss="loss")`` + ``rg.RMSProp``;
+- ``rgraph``: ``rg.compile(g, ["loss", "nll", "count"], loss="loss", specialize={"mask":
+  1.0})`` (as ``rg.Trainer`` compiles: batches without padding skip the mask) +
+  ``rg.RMSProp``;
 - ``handwritten``: ``benchmarks/handwritten_lstm.py``, the fastest numpy step we could
   write (the bar: rgraph must reach 0.9x of it);
 - ``torch``: ``torch.nn.LSTM`` (fused kernels), eager autograd; ``torch-cell``: the same
@@ -140,7 +142,9 @@ class RgraphTrainer:
     """rgraph's training step: the compiled program and rg.RMSProp, in place on a store."""
 
     def __init__(self, task: Task):
-        self.program = rg.compile(task.graph, ["loss", "nll", "count"], loss="loss")
+        self.program = rg.compile(
+            task.graph, ["loss", "nll", "count"], loss="loss", specialize={"mask": 1.0}
+        )
         self.params = {k: v.copy() for k, v in task.params.items()}
         self.optimizer = rg.RMSProp(lr=LR, regc=REGC, clipval=CLIP)
 

@@ -23,6 +23,7 @@ from rgraph.builder import Graph
 from rgraph.errors import RgraphError
 from rgraph.exec.program import compile
 from rgraph.init import init_params
+from rgraph.ir.graph import GraphIR
 
 
 def perplexity(nll: float, count: float) -> float:
@@ -93,11 +94,15 @@ class Trainer:
         A parameter store to train; default ``init_params(graph, seed)``.
     step
         The step counter to start from (when resuming).
+    mask
+        The graph's padding-mask input, if it has one (:func:`pad_sequences` makes it):
+        batches with no padding run a program specialised to a mask of all ones (see
+        :func:`rgraph.compile`'s ``specialize``), as fast as an unmasked model.
     """
 
     def __init__(
         self,
-        graph: Graph,
+        graph: Graph | GraphIR,
         optimizer: Any,
         *,
         params: Mapping[str, np.ndarray] | None = None,
@@ -107,12 +112,17 @@ class Trainer:
         nll: str = "nll",
         count: str = "count",
         check_finite: bool = False,
+        mask: str | None = "mask",
     ):
         self.graph = graph
         self.optimizer = optimizer
         self.names = (loss, nll, count)
-        self.program = compile(graph, list(self.names), loss=loss, check_finite=check_finite)
-        self.evaluator = compile(graph, list(self.names), check_finite=check_finite)
+        ir = graph.ir if isinstance(graph, Graph) else graph
+        masks = [v.name for v in ir.inputs if v.name == mask and v.type.is_float]
+        full = dict.fromkeys(masks, 1.0)
+        names = list(self.names)
+        self.program = compile(graph, names, loss=loss, check_finite=check_finite, specialize=full)
+        self.evaluator = compile(graph, names, check_finite=check_finite, specialize=full)
         self.params = dict(params) if params is not None else init_params(graph, seed)
         self.step_count = step
 

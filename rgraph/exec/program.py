@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,7 @@ from rgraph.ir.passes import (
     schedule,
     sink,
 )
+from rgraph.ir.passes import specialize as specialize_pass
 from rgraph.ir.passes.autodiff import cotangent_name, grad_name
 from rgraph.ir.types import gc_paused
 from rgraph.ir.verify import verify
@@ -55,6 +56,8 @@ class Program:
         wrt: Sequence[str] = (),
         cotangents: Sequence[str] = (),
         check_finite: bool = False,
+        specialized: Callable[[], Program] | None = None,
+        filled: Mapping[str, float] | None = None,
     ):
         self.stages = stages
         self.ir = list(stages.values())[-1]
@@ -62,6 +65,27 @@ class Program:
         self.wrt = tuple(wrt)
         self.cotangents = tuple(cotangents)
         self.interpreter = Interpreter(self.ir, check_finite=check_finite)
+        # compile(specialize=...): the program for feeds filled with these values, made
+        # at the first run that has them.
+        self.filled = dict(filled or {})
+        self._make_specialized = specialized
+        self._specialized: Program | None = None
+
+    @property
+    def specialized(self) -> Program | None:
+        """The program compiled for runs whose ``filled`` inputs hold their values
+        everywhere (see :func:`compile`'s ``specialize``), made on first use."""
+        if self._specialized is None and self._make_specialized is not None:
+            self._specialized = self._make_specialized()
+        return self._specialized
+
+    def _for(self, feeds: Mapping[str, Any]) -> Program:
+        """The program to run these feeds: the specialised one if they hold its values."""
+        for name, value in self.filled.items():
+            arr = feeds.get(name)
+            if type(arr) is not np.ndarray or arr.dtype.kind != "f" or not (arr == value).all():
+                return self
+        return self.specialized or self
 
     def __str__(self) -> str:
         return str(self.ir)
@@ -85,7 +109,7 @@ class Program:
             feeds[cotangent_name(name)] = given.pop(name)
         if given:
             raise FeedError(f"{sorted(given)} are not outputs compiled with cotangents")
-        values = self.interpreter.run(feeds, params)
+        values = self._for(feeds).interpreter.run(feeds, params)
         return Result(
             outputs={n: values[n] for n in self.outputs},
             grads={w: values[grad_name(w)] for w in self.wrt},
@@ -109,6 +133,7 @@ def compile(
     cotangents: Sequence[Value | str] | None = None,
     optimize: bool = True,
     check_finite: bool = False,
+    specialize: Mapping[str, float] | None = None,
 ) -> Program:
     """Compile a graph into a :class:`Program`: verify, schedule, prune, differentiate, CSE.
 
@@ -133,6 +158,13 @@ def compile(
         Debug mode: stop with :class:`~rgraph.errors.NonFiniteError` at the first node,
         forward or backward, that produces a NaN or an infinity (slower). Work is then
         not moved out of loops, so a value made in a loop is reported with its step.
+    specialize
+        Input name -> value: runs whose feed of each of these float inputs holds that
+        value everywhere (a padding mask of all ones) use a second program, compiled at
+        the first such run, with the values folded in (``specialize`` pass): ``m * x``
+        is ``x`` and ``(1 - m) * y`` vanishes, in loops too. The results are those of
+        the general program, but for the sign of a zero and non-finite values that
+        would have been multiplied by zero. Ignored in debug mode.
 
     Examples
     --------
@@ -144,7 +176,24 @@ def compile(
     array([0., 1., 2.])
     """
     with gc_paused():
-        return _compile(graph, outputs, loss, wrt, cotangents, optimize, check_finite)
+        program = _compile(graph, outputs, loss, wrt, cotangents, optimize, check_finite)
+    if not specialize or check_finite:
+        return program
+    unknown = sorted(set(specialize) - {v.name for v in program.stages["schedule"].inputs})
+    if unknown:
+        raise GraphError(f"specialize names {unknown}, which are not inputs of the graph")
+    values = {name: float(v) for name, v in specialize.items()}
+
+    def make() -> Program:
+        with gc_paused():
+            general = program.stages["schedule"]
+            filled = specialize_pass(general, values)
+            made = _compile(filled, outputs, loss, wrt, cotangents, optimize, check_finite)
+        made.stages = {"specialize": filled, **made.stages}
+        return made
+
+    program.filled, program._make_specialized = values, make
+    return program
 
 
 def _compile(graph, outputs, loss, wrt, cotangents, optimize, check_finite) -> Program:

@@ -3,6 +3,7 @@
 from rgraph.ir.passes.autodiff import autodiff
 from rgraph.ir.passes.contract import contract
 from rgraph.ir.passes.cse import cse
+from rgraph.ir.passes.fold import specialize
 from rgraph.ir.passes.hoist import hoist
 from rgraph.ir.passes.identities import forward_identities
 from rgraph.ir.passes.loop_io import pack_loop_io
@@ -24,4 +25,5 @@ __all__ = [
     "prune",
     "schedule",
     "sink",
+    "specialize",
 ]
