@@ -161,14 +161,16 @@ def _check_ce(logits, targets, mask):
 
 
 def _ce_positions(logits, targets):
-    """Per-position ``-log softmax(logits)[target]`` and the softmax, checked targets."""
+    """Per-position ``-log softmax(logits)[target]``, the log-softmax, and the flat
+    positions ``(rows, targets)`` of the targets in it, targets checked."""
     classes = logits.shape[-1]
     if targets.size and (targets.min() < 0 or targets.max() >= classes):
         bad = targets[(targets < 0) | (targets >= classes)].flat[0]
         raise IndexError(f"target {bad} is out of range for {classes} classes")
     logp = _log_softmax(logits, -1)
-    picked = np.take_along_axis(logp, targets[..., None].astype(np.intp), axis=-1)[..., 0]
-    return -picked, logp
+    at = (np.arange(targets.size), targets.reshape(-1))
+    picked = logp.reshape(-1, classes)[at].reshape(targets.shape)
+    return -picked, logp, at
 
 
 def _weights(targets, mask, reduction, dtype):
@@ -206,7 +208,7 @@ class SoftmaxCrossEntropy(Op):
 
     def kernel(self, a, ctx):
         def loss(logits, targets, mask=None):
-            nll, _ = _ce_positions(logits, targets)
+            nll, _, _ = _ce_positions(logits, targets)
             w = _weights(targets, mask, a.reduction, logits.dtype)
             return nll * w if a.reduction == "none" else np.sum(nll * w, dtype=logits.dtype)
 
@@ -240,15 +242,10 @@ class SoftmaxCrossEntropyGrad(Op):
 
     def kernel(self, a, ctx):
         def grad(logits, targets, ct, mask=None):
-            _, logp = _ce_positions(logits, targets)
-            p = np.exp(logp)
-            np.put_along_axis(
-                p,
-                targets[..., None].astype(np.intp),
-                np.take_along_axis(p, targets[..., None].astype(np.intp), axis=-1) - 1,
-                axis=-1,
-            )
+            _, logp, at = _ce_positions(logits, targets)
+            p = np.exp(logp)  # the softmax
+            p.reshape(-1, p.shape[-1])[at] -= 1.0
             w = _weights(targets, mask, a.reduction, logits.dtype) * ct
-            return p * w[..., None]
+            return np.multiply(p, w[..., None], out=p)
 
         return grad
