@@ -87,3 +87,31 @@ def test_nested_loops_hoist_from_the_inside_out():
     np.testing.assert_allclose(fast, plain, rtol=1e-13)
     ir = rg.compile(g).ir
     assert all(n.op != "matmul" for n in body_of(body_of(ir)).nodes)
+
+
+def test_products_regroup_so_that_factors_free_of_the_state_leave_the_loop():
+    g = rg.Graph("regroup")
+    xs = g.input("xs", ("T", "B", 3))
+    ks = g.input("ks", ("T", "B", 3))
+
+    def step(b, carry, x):
+        h = carry[0]
+        chain = (h * x[0]) * x[1]  # (state * a) * b: a * b needs no state
+        twice = h * x[0]
+        return [b.tanh(chain + (twice * x[1]) * twice)], []  # used twice: stays
+
+    (h,), _ = g.scan(step, init=[g.full(shape=["B", 3], value=0.5)], xs=[xs, ks])
+    g.output(h, name="h")
+    after = hoist(g.ir)
+    body = body_of(after)
+    state_free = [n for n in after.nodes if n.op == "eltmul"]
+    assert len(state_free) == 1 and set(state_free[0].inputs) == {"xs", "ks"}
+    assert [n.op for n in body.nodes].count("eltmul") == 4  # one less
+    rng = np.random.default_rng(8)
+    feeds = {"xs": rng.normal(size=(5, 2, 3)), "ks": rng.normal(size=(5, 2, 3))}
+    got = rg.Interpreter(after).run(feeds)["h"]
+    h = np.full((2, 3), 0.5)
+    for x, k in zip(feeds["xs"], feeds["ks"]):
+        twice = h * x
+        h = np.tanh(h * (x * k) + (twice * k) * twice)
+    np.testing.assert_allclose(got, h, rtol=1e-15)

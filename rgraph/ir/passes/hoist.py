@@ -7,6 +7,10 @@ loop, on all the steps at once, when its op can take a leading time axis
 (:meth:`~rgraph.ir.op.Op.batched_attrs`): input projections ``x_t @ W`` become one
 matrix product over ``(T, B, in)``, embedding lookups one ``row_pluck`` over ``(T, B)``.
 Their results enter the loop as new declared values or new ``xs``.
+
+Products are regrouped first so that their factors that do not depend on the state
+multiply each other: ``(d * o_t) * k_t`` becomes ``d * (o_t * k_t)``, and ``o_t * k_t``
+leaves the loop (floating-point reassociation: the last bits may differ).
 """
 
 from __future__ import annotations
@@ -15,9 +19,10 @@ from collections.abc import Sequence
 
 from rgraph.builder import Graph, Value
 from rgraph.ir.graph import GraphIR, Node, Var
-from rgraph.ir.op import get_op
+from rgraph.ir.op import broadcast_shapes, get_op
 from rgraph.ir.ops.control import _steps_dim
 from rgraph.ir.passes.batching import batched_attrs
+from rgraph.ir.passes.merge import FreshNames, make_node
 from rgraph.ir.passes.prune import prune
 from rgraph.ir.passes.schedule import schedule
 from rgraph.ir.types import construct
@@ -49,8 +54,8 @@ def hoist(graph: GraphIR) -> GraphIR:
 def _hoist_scan(b: Graph, node: Node) -> None:
     op = get_op(node.op)
     a = op.node_attrs(node)
-    body = hoist(a.body)
     nc, nx = a.num_carry, a.num_xs
+    body = hoist(_regroup_products(a.body, nc))
     steps = _steps_dim([b.value(i).type for i in node.inputs], a)
     outer: dict[str, tuple[str, Value]] = {}  # body name -> (kind, outer value)
     for i, var in enumerate(body.inputs):
@@ -126,6 +131,48 @@ def _move(
     out = b.op(n.op, *values, **attrs)
     outs = list(out) if isinstance(out, tuple) else [out]
     return STACKED, outs
+
+
+def _regroup_products(body: GraphIR, num_carry: int) -> GraphIR:
+    """``(v * a) * b`` as ``v * (a * b)`` where ``v`` depends on the carries and ``a``,
+    ``b`` do not, and ``v * a`` has no other use: ``a * b`` can then leave the loop."""
+    variant = {v.name for v in body.inputs[:num_carry]}
+    uses: dict[str, int] = {}
+    for n in body.nodes:
+        for i in n.inputs:
+            uses[i] = uses.get(i, 0) + 1
+    for o in body.outputs:
+        uses[o] = uses.get(o, 0) + 1
+    producer: dict[str, Node] = {}
+    types = body.types()
+    names = FreshNames(types)
+    nodes: list[Node] = []
+    changed = False
+    for n in body.nodes:
+        if n.op == "eltmul" and sum(i in variant for i in n.inputs) == 1:
+            inner, b = n.inputs if n.inputs[0] in variant else n.inputs[::-1]
+            m = producer.get(inner)
+            if (
+                m is not None
+                and m.op == "eltmul"
+                and uses[inner] == 1
+                and sum(i in variant for i in m.inputs) == 1
+            ):
+                v, a = m.inputs if m.inputs[0] in variant else m.inputs[::-1]
+                t = types[a]
+                shape = broadcast_shapes(t.shape, types[b].shape)
+                ab = construct(Var, name=names.fresh("regroup"), type=t.with_shape(shape))
+                types[ab.name] = ab.type
+                nodes.remove(m)
+                nodes.append(make_node("eltmul", (a, b), (ab,), {}, n.loc))
+                n = n.model_copy(update={"inputs": (v, ab.name)})
+                changed = True
+        nodes.append(n)
+        for o in n.outputs:
+            producer[o.name] = n
+            if any(i in variant for i in n.inputs):
+                variant.add(o.name)
+    return body.replace(nodes=tuple(nodes)) if changed else body
 
 
 def _array(c):
