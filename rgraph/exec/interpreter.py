@@ -69,6 +69,11 @@ class Interpreter:
             key=lambda v: any(isinstance(d, str) and "*" in d for d in v.type.shape),
         )
         self.params = [p for p in graph.params if p.name in used]
+        # A parameter store passes the same kind of arrays run after run: a parameter
+        # of concrete shape that is an array of its type needs no further check.
+        self._param_kinds = [
+            (p, self.slot[p.name], p.type.np_dtype, _concrete(p.type.shape)) for p in self.params
+        ]
         self._prepared: dict[tuple, list[Step]] = {}
         # Kernels that do not depend on dim sizes, and nested interpreters, are kept
         # across bindings (a new sequence length must not mean preparing all again).
@@ -170,13 +175,13 @@ class Interpreter:
                 arr = values[self.slot[v.name]]
                 if v.type.is_float and not np.all(np.isfinite(arr)):
                     raise NonFiniteError(f"input '{v.name}' holds {_nonfinite(arr)}")
-        for p in self.params:
-            if p.name not in params:
-                raise FeedError(f"the parameter store has no '{p.name}' ({p.type})")
-            values[self.slot[p.name]] = _check(
-                params[p.name], p.type, "param", p.name, binding, bound_by, strict=True
-            )
-            arr = values[self.slot[p.name]]
+        for p, slot, dtype, shape in self._param_kinds:
+            arr = params.get(p.name)
+            if type(arr) is not np.ndarray or arr.dtype != dtype or arr.shape != shape:
+                if p.name not in params:
+                    raise FeedError(f"the parameter store has no '{p.name}' ({p.type})")
+                arr = _check(arr, p.type, "param", p.name, binding, bound_by, strict=True)
+            values[slot] = arr
             if self.check_finite and p.type.is_float and not np.all(np.isfinite(arr)):
                 raise NonFiniteError(f"param '{p.name}' holds {_nonfinite(arr)}")
         for v in self.graph.inputs:  # fed though unused: still binds its dims
@@ -351,6 +356,11 @@ class Interpreter:
                 self._check_finite(nodes[step.node], step, values)
             for slot in step.free:
                 values[slot] = None
+
+
+def _concrete(shape: tuple) -> tuple[int, ...] | None:
+    """``shape`` if all its dims are numbers (None: some are symbolic)."""
+    return shape if all(isinstance(d, int) for d in shape) else None
 
 
 def _check(

@@ -86,7 +86,8 @@ class Transpose(Op):
         return [like(x, tuple(x.shape[p] for p in _perm(a, x.rank)))]
 
     def kernel(self, a, ctx):
-        return lambda x: np.transpose(x, a.perm)
+        perm = a.perm
+        return lambda x: x.transpose(perm)
 
     def batched_attrs(self, a, ins, stacked, steps):
         return {"perm": [0, *(p + 1 for p in _perm(a, ins[0].rank))]}
