@@ -481,6 +481,22 @@ def test_reductions_over_the_split_axis_or_not_of_every_piece_stay(why):
     same_results(before, after, {"x": normal(3, 6)})
 
 
+def test_all_the_pieces_of_a_split_among_a_concats_inputs_are_its_input():
+    g = rg.Graph("some_pieces")
+    x = g.input("x", ("B", 5))
+    y = g.input("y", ("B", 2))
+    a, b = g.split(x, axis=1, sizes=[2, 3])
+    c, d = g.split(y, axis=1, sizes=[1, 1])
+    g.output(g.concat([y, a, b, y, d, c], axis=1), name="z")  # (d, c): not in order
+    before = g.ir
+    after = merge_pieces(before)
+    assert the(after, "concat").inputs == ("y", "x", "y", d.name, c.name)
+    feeds = {"x": normal(3, 5), "y": normal(3, 2)}
+    got = same_results(before, after, feeds)
+    want = np.concatenate([feeds["y"], feeds["x"], feeds["y"], feeds["y"][:, ::-1]], axis=1)
+    np.testing.assert_array_equal(got["z"], want)
+
+
 @pytest.mark.parametrize("used, window", [(0, (0, 2)), (1, (2, 5)), (2, (5, 9))])
 def test_a_split_with_one_used_piece_becomes_a_slice(used, window):
     g = rg.Graph("lone")

@@ -233,5 +233,6 @@ def _compile(graph, outputs, loss, wrt, cotangents, optimize, check_finite) -> P
             stages["hoist_packed"] = ir = hoist(ir)
             if ir is not before:  # what hoist split into xs again goes in whole
                 stages["pack_hoisted"] = ir = pack_loop_io(ir)
+                stages["merge_hoisted_pieces"] = ir = merge_pieces(ir)
         stages["prune_after_cse"] = ir = prune(ir)
     return Program(stages, names, targets, cot, check_finite)

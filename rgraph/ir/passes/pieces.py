@@ -35,8 +35,9 @@ def merge_pieces(graph: GraphIR) -> GraphIR:
         t = sigmoid(s); sa, sb = split[axis=-1](t)
 
     Likewise ``concat(mul(p, q), mul(r, s))`` becomes ``mul(concat(p, r), concat(q, s))``,
-    where a concat of all the pieces of a split, in order, is the split's input; and the
-    same ``sum`` of every piece, over other axes than the split's, is one sum, split.
+    where a concat of all the pieces of a split, in order, is the split's input (also
+    among other inputs); and the same ``sum`` of every piece, over other axes than the
+    split's, is one sum, split.
     """
     if not graph.ops() & {"split", "concat", "bodies"}:
         return graph
@@ -271,6 +272,8 @@ class _Rewriter:
                 self.renames[out.name] = whole
             self.removed.add(id(concat))
             return
+        if self._pieces_in_concat(concat, axis):
+            return
         parts = [self.producer.get(i) for i in concat.inputs]
         first = parts[0]
         if first is not None and first.op == "transpose":
@@ -310,6 +313,22 @@ class _Rewriter:
         self._add(first.op, tuple(inputs), (out,), dict(first.attrs), loc)
         self.removed.update(id(n) for n in parts)
         self.removed.add(id(concat))
+
+    def _pieces_in_concat(self, concat: Node, axis: int) -> bool:
+        """Inputs of a concat that are all the pieces of one split, in order, among
+        others: the split's input in their place (fewer, longer copies per row)."""
+        ins, joined, i = list(concat.inputs), [], 0
+        while i < len(ins):
+            n = self.producer.get(ins[i])
+            k = len(n.outputs) if n is not None and n.op == "split" else 1
+            whole = self._split_source(ins[i : i + k], axis) if k > 1 else None
+            joined.append(whole or ins[i])
+            i += k if whole else 1
+        if len(joined) == len(ins):
+            return False
+        self._add("concat", tuple(joined), concat.outputs, dict(concat.attrs), concat.loc)
+        self.removed.add(id(concat))
+        return True
 
     def _concat_of_transposes(self, concat: Node, parts: list, axis: int) -> None:
         """``concat(a_i^T)``: ``concat(a_i)^T``, a contiguous copy instead of a strided one
