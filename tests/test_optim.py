@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import types
 
 import numpy as np
 import pytest
@@ -671,7 +672,7 @@ def assert_same_as_reference(opt, ref, params, ref_params, stats=None, expected=
     if stats is not None:
         ratio, norm = expected
         assert stats.step == ref.t, where
-        assert stats.ratio_clipped == ratio and stats.grad_norm == norm, where
+        assert stats.ratio_clipped == ratio and same_bits(stats.grad_norm, norm), where
     assert list(params) == list(ref_params)
     for name in params:
         assert same_bits(params[name], ref_params[name]), f"{where}: parameter {name}"
@@ -697,8 +698,8 @@ FLAT_OPTIMISERS = [
 
 def mixed_store(seed=20):
     """Small float64 and float32 parameters of many shapes (the character LSTM's kind), a
-    column-major one, a scalar, an empty one, and two of 80 KB (updated in place, not
-    copied); together more than one 64 KB piece of flat vector."""
+    column-major one, a scalar, an empty one, and four of 64 KB or more (updated in place,
+    not copied into the flat vector), one of them column-major."""
     rng = np.random.default_rng(seed)
     out = {}
     for i in range(12):
@@ -710,8 +711,9 @@ def mixed_store(seed=20):
     out["big64"] = rng.normal(size=(100, 100))
     out["big32"] = rng.normal(size=(100, 200)).astype(np.float32)
     out["many"] = rng.normal(size=(90, 90))  # 65 KB: in place too
+    out["big_fortran"] = np.asfortranarray(rng.normal(size=(90, 100)))
     for i in range(6):
-        out[f"q{i}"] = rng.normal(size=(60, 60))  # 29 KB each: several pieces
+        out[f"q{i}"] = rng.normal(size=(60, 60))  # 29 KB each: flat
     return out
 
 
@@ -950,3 +952,103 @@ def test_gradients_in_another_order(make):
         stats = opt.step(params, grads)
         expected = ref.step(ref_params, grads)
         assert_same_as_reference(opt, ref, params, ref_params, stats, expected, f"step {step}")
+
+
+@pytest.mark.parametrize("make", FLAT_OPTIMISERS)
+def test_updating_in_pieces_changes_nothing(make, monkeypatch):
+    # Pieces of 3000 bytes: the flat vectors and the big C-contiguous parameters are cut
+    # in many pieces, most ending within a parameter.
+    monkeypatch.setattr(rg.exec.optim, "_PIECE_BYTES", 3000)
+    params = mixed_store(35)
+    opt = make()
+    ref, ref_params = PerParameter(opt), copies(params)
+    rng = np.random.default_rng(36)
+    for step in range(1, 4):
+        grads = random_grads(rng, params)
+        stats = opt.step(params, grads)
+        expected = ref.step(ref_params, grads)
+        assert_same_as_reference(opt, ref, params, ref_params, stats, expected, f"step {step}")
+    assert max(len(group.pieces) for group in opt._layout.groups) > 30
+
+
+def stacked_views(grads, rng):
+    """The gradients as the interpreter gives those of stacked weights: transposed views
+    of one wider buffer, neither C- nor F-contiguous."""
+    out = {}
+    for name, g in grads.items():
+        if g.ndim == 2:
+            rows, cols = g.shape
+            buf = rng.normal(size=(cols, 3 * rows)).astype(g.dtype)
+            buf[:, rows : 2 * rows] = g.T
+            g = buf[:, rows : 2 * rows].T
+            assert min(g.shape) < 2 or not (g.flags.c_contiguous or g.flags.f_contiguous)
+        out[name] = g
+    return out
+
+
+@pytest.mark.parametrize("make", FLAT_OPTIMISERS)
+def test_gradients_that_are_strided_views(make):
+    params = mixed_store(32)
+    opt = make()
+    ref, ref_params = PerParameter(opt), copies(params)
+    rng = np.random.default_rng(33)
+    for step in range(1, 4):
+        grads = stacked_views(random_grads(rng, params), rng)
+        before = copies(grads)
+        stats = opt.step(params, grads)
+        expected = ref.step(ref_params, grads)
+        assert_same_as_reference(opt, ref, params, ref_params, stats, expected, f"step {step}")
+        for name in grads:  # the gradients stay as they were
+            assert same_bits(grads[name], before[name]), name
+
+
+def edge_grads(params, step):
+    """Gradients around RMSProp's clipval 5: exactly +-5 and the floats next to it, +-inf,
+    large values, and at step 2 a NaN in a gradient that also has elements to clip; at step
+    4 no element is beyond the float next to 5."""
+    rng = np.random.default_rng(40 + step)
+    grads = random_grads(rng, params)
+    for name, g in grads.items():
+        if step == 4:
+            np.clip(g, -4.0, 4.0, out=g)
+            if g.size > 1:
+                g.flat[:2] = [np.nextafter(g.dtype.type(5.0), 9), 5.0]
+            continue
+        flat = g.reshape(-1)  # (a view: random_grads makes contiguous arrays)
+        if flat.size < 8:
+            continue
+        five = g.dtype.type(5.0)
+        flat[:6] = [five, -five, np.nextafter(five, 9), -np.nextafter(five, 9), 40.0, -1e3]
+        flat[6:8] = [np.nextafter(five, 0), -np.nextafter(five, 0)]
+        if step == 2 and name in ("p0", "p1", "big64", "big32"):
+            flat[-1] = np.nan
+        if step == 3 and name in ("p2", "big32"):
+            flat[-2:] = [np.inf, -np.inf]
+    return grads
+
+
+@pytest.mark.parametrize("clipval", [5.0, 4.9999999999, 1e40])
+@pytest.mark.parametrize("path", ["flat", "pieces", "each"])
+def test_rmsprop_counts_clipped_elements_exactly_at_the_edges(clipval, path, monkeypatch):
+    # ratio_clipped counts the elements beyond +-clipval compared in the gradient's dtype
+    # (4.9999999999 is 5 in float32; 1e40 is inf there): not +-clipval itself, not NaN,
+    # but +-inf; and the update uses the clipped values. The step goes flat, flat in small
+    # pieces, or one parameter after the other (a read-only mapping is not a dict).
+    if path == "pieces":
+        monkeypatch.setattr(rg.exec.optim, "_PIECE_BYTES", 3000)
+    each = path == "each"
+    params = mixed_store(34)
+    opt = rg.RMSProp(clipval=clipval)
+    ref, ref_params = PerParameter(opt), copies(params)
+    with np.errstate(all="ignore"):
+        for step in range(1, 5):
+            grads = edge_grads(params, step)
+            before = copies(grads)
+            store = types.MappingProxyType(params) if each else params
+            stats = opt.step(store, grads)
+            expected = ref.step(ref_params, grads)
+            assert_same_as_reference(opt, ref, params, ref_params, stats, expected, str(step))
+            assert (stats.ratio_clipped > 0) == (clipval < 1e3 or step == 3), step
+            for name in grads:
+                assert same_bits(grads[name], before[name]), name
+    assert (opt._layout is None) == each

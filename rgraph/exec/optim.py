@@ -40,6 +40,7 @@ Clipping by value or by global norm works with any optimiser, as pure functions
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -258,24 +259,32 @@ def _hits(los: list[int], his: list[int], a: np.ndarray) -> bool:
     return i >= 0 and his[i] > lo
 
 
-# The flat update goes through its vectors in pieces of this many bytes, and parameters of
-# this size or more are updated in place one by one (as before, without copies): big enough
-# that a model of small parameters is one piece, small enough that temporaries stay in the
-# cache (and under the allocator's threshold for fresh memory).
-_CHUNK_BYTES = 1 << 16
+# Parameters of this many bytes or more are updated in place, one by one, the others in a
+# flat copy, all at once. A numpy call costs about a microsecond besides its work, so small
+# parameters are cheaper together; for a big one its dozen calls cost less than copying it
+# in and out, and its vectors stay in the cache.
+_BIG_BYTES = 1 << 16
+# The updates go through their vectors in pieces of at most this many bytes: vectors much
+# bigger than the cache then stay in it for all the passes of an update (twice as fast at 8
+# MB); smaller pieces would cost more calls than they save.
+_PIECE_BYTES = 1 << 20
 
 
 class _Group:
-    """The parameters of one dtype in a :class:`_Layout` and their state.
+    """The parameters of one dtype in a :class:`_Layout`, their state and work buffers.
 
-    The state of all of them is one buffer per slot (``opt.slots`` holds views of it). The
-    small parameters are copied into one flat vector, their gradients into another, updated
-    there in pieces of ``_CHUNK_BYTES``, and copied back; the big ones are updated in place,
-    one by one. The update rules are elementwise, so on a piece of a concatenation they
-    compute what they compute parameter by parameter, bit for bit.
+    The state of all of them is one buffer per slot (``opt.slots`` holds views of it), and a
+    step copies all their gradients into one flat vector ``g`` in the same order: once, for
+    the norm and the update, which then read contiguous memory (a gradient is often a
+    transposed view, some ten times slower to go through). The small parameters are copied
+    into a flat vector ``w``, updated there with ``opt._update`` at once, and copied back;
+    the big ones are updated in place, one by one. The update rules are elementwise, so on a
+    piece of a concatenation they compute what they compute parameter by parameter, bit for
+    bit. They compute in scratch arrays kept from step to step, not in temporaries (big
+    fresh memory comes with page faults, which can cost more than the arithmetic on it).
     """
 
-    __slots__ = ("big", "g", "index", "out", "params", "pieces", "state", "views", "w")
+    __slots__ = ("g", "index", "out", "params", "pieces", "state", "vectors", "views", "w", "wide")
 
     def __init__(
         self,
@@ -287,52 +296,81 @@ class _Group:
         """``index``: the positions in the step's order of this dtype's parameters ``ws``;
         ``olds``: per slot, their state so far (None: none yet, zeros); ``every``: they are
         all the step's parameters."""
-        small = [j for j, w in enumerate(ws) if w.nbytes < _CHUNK_BYTES]
-        big = [j for j, w in enumerate(ws) if w.nbytes >= _CHUNK_BYTES]
+        small = [j for j, w in enumerate(ws) if w.nbytes < _BIG_BYTES]
+        big = [j for j, w in enumerate(ws) if w.nbytes >= _BIG_BYTES]
+        order = small + big  # of the flat vectors
         dtype, n = ws[0].dtype, sum(ws[j].size for j in small)
-        self.index = None if every and not big else [index[j] for j in small]
+        total = sum(w.size for w in ws)
+        self.index = None if every and not big else [index[j] for j in order]
         self.params = tuple(ws[j] for j in small)  # the parameter store's arrays
-        self.w, self.g = np.empty(n, dtype), np.empty(n, dtype)  # their flat copies
-        self.state = {slot: np.zeros(sum(w.size for w in ws), dtype) for slot in olds}
+        self.w, self.g = np.empty(n, dtype), np.empty(total, dtype)  # flat copies
+        self.wide = None if dtype == _F64 else np.empty(total, _F64)  # g for the norm
+        wide = self.g if self.wide is None else self.wide
+        self.state = state = {slot: np.zeros(total, dtype) for slot in olds}
         self.views: list[dict[str, np.ndarray]] = [{} for _ in ws]  # slot -> state array
+        self.vectors = {}  # position -> its gradient's piece of wide
         self.out = []  # (small parameter, its piece of w) to copy back
+        runs = [(self.w, 0, n)]  # (what holds w, its range of the flat vectors)
         start = 0
-        for j in small + big:
+        for j in order:
             w = ws[j]
             stop = start + w.size
-            for slot, buf in self.state.items():
+            for slot, buf in state.items():
                 self.views[j][slot] = view = buf[start:stop].reshape(w.shape)
                 old = olds[slot][j]
                 if old is not None:
                     view[...] = old
+            self.vectors[index[j]] = wide[start:stop]
             if stop <= n:
                 self.out.append((w, self.w[start:stop].reshape(w.shape)))
+            else:
+                runs.append((w, start, stop))
             start = stop
-        self.big = [(index[j], ws[j], self.views[j]) for j in big]
-        step = max(1, _CHUNK_BYTES // dtype.itemsize)
-        self.pieces = [
+
+        # The update's pieces: runs of the flat w and of the big parameters in place.
+        step = max(1, _PIECE_BYTES // dtype.itemsize)
+        cuts = []  # (piece of w, its range of the flat vectors)
+        for w, lo, hi in runs:
+            if w.flags.c_contiguous:
+                flat = w.reshape(-1)
+                cuts += [
+                    (flat[a - lo : a - lo + step], a, min(a + step, hi))
+                    for a in range(lo, hi, step)
+                ]
+            else:  # whole: flat, its elements would not be in the state's order
+                cuts.append((w, lo, hi))
+        longest = max((w.size for w, _, _ in cuts), default=0)
+        t1, t2 = np.empty(longest, dtype), np.empty(longest, dtype)
+        self.pieces = [  # (w, g, state, scratch), all of the same shape
             (
-                self.w[a : a + step],
-                self.g[a : a + step],
-                {s: b[a : min(a + step, n)] for s, b in self.state.items()},
+                w,
+                self.g[lo:hi].reshape(w.shape),
+                {slot: buf[lo:hi].reshape(w.shape) for slot, buf in state.items()},
+                (t1[: w.size].reshape(w.shape), t2[: w.size].reshape(w.shape)),
             )
-            for a in range(0, n, step)
+            for w, lo, hi in cuts
         ]
 
-    def update(self, opt: Optimizer, grads: Sequence[np.ndarray], scale: float | None) -> int:
-        """Update the parameters and state in place with ``opt._update``; return #clipped."""
-        clipped = 0
-        if self.pieces:
-            mine = grads if self.index is None else [grads[i] for i in self.index]
-            np.concatenate(mine, axis=None, out=self.g)
+    def gather(self, grads: Sequence[np.ndarray]) -> None:
+        """Copy this group's gradients (of the step's ``grads``) into ``g``, and into
+        ``wide`` in float64 for the norm if ``g`` is not float64."""
+        mine = grads if self.index is None else [grads[i] for i in self.index]
+        np.concatenate(mine, axis=None, out=self.g)
+        if self.wide is not None:
+            np.copyto(self.wide, self.g)
+
+    def update(self, opt: Optimizer, scale: float | None) -> int:
+        """Update the parameters and state in place with ``opt._update`` from the gradients
+        :meth:`gather` copied, times ``scale`` if any; return how many were clipped."""
+        if scale is not None:
+            self.g *= scale
+        if self.params:
             np.concatenate(self.params, axis=None, out=self.w)
-            for w, g, state in self.pieces:
-                clipped += opt._update(w, g if scale is None else g * scale, state)
-            for w, new in self.out:
-                w[...] = new
-        for i, w, state in self.big:
-            g = grads[i]
-            clipped += opt._update(w, g if scale is None else g * scale, state)
+        clipped = 0
+        for w, g, state, scratch in self.pieces:
+            clipped += opt._update(w, g, state, scratch)
+        for w, new in self.out:
+            w[...] = new
         return clipped
 
 
@@ -361,8 +399,17 @@ class _Layout:
         "params",
         "slot_names",
         "total",
+        "vectors",
         "views",
     )
+
+    def norm(self) -> float:
+        """:func:`_norm` of the gradients the groups gathered, bit for bit: the same dots of
+        the same values (in float64, in the step's order), without making copies."""
+        total = 0.0
+        for vec in self.vectors:
+            total += float(vec.dot(vec))
+        return math.sqrt(total)
 
     def apart(self, g: np.ndarray) -> bool:
         """Whether gradient ``g`` surely shares no memory with what a step writes."""
@@ -419,6 +466,8 @@ class _Layout:
         layout.kinds = tuple((w.shape, w.strides, w.dtype) for w in ws)
         layout.slot_names = slot_names
         layout.groups = groups
+        vectors = {i: vec for group in groups for i, vec in group.vectors.items()}
+        layout.vectors = [vectors[i] for i in range(len(names))]  # in the step's order
         layout.total = sum(w.size for w in ws)
         layout.owners = {id(o) for o in owners} | {id(b) for b in buffers}
         layout.exact = not all(
@@ -437,6 +486,24 @@ def _within(a: np.ndarray, owner: np.ndarray) -> bool:
     lo, hi = _byte_bounds(a)
     olo, ohi = _byte_bounds(owner)
     return not a.nbytes or olo <= lo <= hi <= ohi
+
+
+def _scratch(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two new arrays like ``w`` for an update to compute in."""
+    return np.empty_like(w), np.empty_like(w)
+
+
+@functools.lru_cache(maxsize=64)
+def _increment(dtype: np.dtype, decay: float, clipval: float) -> np.generic:
+    """RMSProp's cache increment ``(1 - decay) * g * g`` for ``g = clipval``, in ``dtype``.
+
+    Rounding is monotone, so an increment below it comes from a ``|g|`` below ``clipval``:
+    when the largest increment is below it, no element is clipped, and one pass over the
+    increments (at hand) has told so, without counting. (Computed on a 1-d array, as RMSProp
+    computes the increments; NumPy 1 computes a 0-d array's in float64, like a scalar's.)
+    """
+    c = np.full(1, clipval, dtype)
+    return (c * (1.0 - decay) * c)[0]
 
 
 # --- the optimisers -----------------------------------------------------------------------
@@ -477,18 +544,19 @@ class Optimizer:
 
     and ``load_state_dict(state)`` / ``Optimizer.from_state_dict(state)`` restore it exactly.
 
-    Speed: a model has many small parameters, so a step updates all parameters of a dtype
-    at once. The state of the parameters of a step lives in one flat buffer per slot and
-    dtype, and ``slots[slot][name]`` is a view of it (editing it in place edits the state;
+    Speed: a model has many small parameters, so a step updates all parameters of a dtype at
+    once. The state of the parameters of a step lives in one flat buffer per slot and dtype,
+    and ``slots[slot][name]`` is a view of it (editing it in place edits the state;
     assigning another array of the right shape and dtype replaces it). Steps with the same
     parameter arrays and gradient names, shapes and dtypes (in the same order) as the last
-    one skip most checks, not any whose failure would raise; the gradients are concatenated,
-    updated with the same elementwise rule on the flat vectors, and copied back into the
-    parameter arrays, so the results are the bits of the per-parameter update. When the set
-    of parameters changes, their state moves (the same values) to new buffers and ``slots``
-    holds new arrays: keep ``opt.slots``, not its arrays, across steps. Steps where memory is
-    shared (a gradient that is a parameter, one array under two names) are done one
-    parameter after the other, as are those of subclasses with their own ``_update``.
+    one skip most checks, not any whose failure would raise; the gradients and the small
+    parameters are copied into flat vectors, updated there with the same elementwise rule
+    (the big parameters in place) and copied back, so the results are the bits of the
+    per-parameter update (see ``_Group``). When the set of parameters changes, their state
+    moves (the same values) to new buffers and ``slots`` holds new arrays: keep
+    ``opt.slots``, not its arrays, across steps. Steps where memory is shared (a gradient
+    that is a parameter, one array under two names) are done one parameter after the other,
+    as are those of subclasses with their own ``_update``.
     """
 
     kind: ClassVar[str] = ""
@@ -526,8 +594,16 @@ class Optimizer:
     def _set_hyper(self, hyper: dict[str, Any]) -> None:
         raise NotImplementedError
 
-    def _update(self, w: np.ndarray, g: np.ndarray, state: dict[str, np.ndarray]) -> int:
-        """Update ``w`` in place; return how many elements of ``g`` were clipped."""
+    def _update(
+        self,
+        w: np.ndarray,
+        g: np.ndarray,
+        state: dict[str, np.ndarray],
+        scratch: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> int:
+        """Update ``w`` and its ``state`` in place from ``g`` (which stays as it is); return
+        how many elements of ``g`` were clipped. ``scratch``: two arrays of ``w``'s shape and
+        dtype to compute in, or None to allocate them (the per-parameter step passes none)."""
         raise NotImplementedError
 
     # -- hyperparameters --------------------------------------------------------------------
@@ -580,12 +656,14 @@ class Optimizer:
             if layout is None:
                 return self._step_each(work)
             gs = [g for _, _, g in work]
-        norm = _norm(gs)
+        for group in layout.groups:
+            group.gather(gs)
+        norm = layout.norm()
         scale = _norm_scale(norm, self.clip_norm)
         self.step_count += 1
         clipped = 0
         for group in layout.groups:
-            clipped += group.update(self, gs, scale)
+            clipped += group.update(self, scale)
         return StepStats(
             step=self.step_count,
             ratio_clipped=clipped / layout.total if layout.total else 0.0,
@@ -985,20 +1063,37 @@ class RMSProp(Optimizer):
         self.eps = _positive(where, "eps", hyper["eps"])
         self.clip_norm = _limit(where, "clip_norm", hyper["clip_norm"])
 
-    def _update(self, w: np.ndarray, g: np.ndarray, state: dict[str, np.ndarray]) -> int:
+    def _update(
+        self,
+        w: np.ndarray,
+        g: np.ndarray,
+        state: dict[str, np.ndarray],
+        scratch: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> int:
+        t1, t2 = _scratch(w) if scratch is None else scratch
         cache = state["cache"]
         cache *= self.decay
-        cache += (1.0 - self.decay) * g * g
+        np.multiply(g, 1.0 - self.decay, out=t1)
+        t1 *= g
+        cache += t1
         clipped = 0
-        if self.clipval is not None:
-            c = self.clipval
-            clipped = int(np.count_nonzero(g > c)) + int(np.count_nonzero(g < -c))
-            if clipped:
-                g = np.clip(g, -c, c)
-        delta = (-self.lr * g) / np.sqrt(cache + self.eps)
+        c = self.clipval
+        top = t1.max() if c is not None and t1.size else None  # NaN if a g is NaN
+        # (on a 0-d array NumPy 1 rounds otherwise than _increment: counted in any case)
+        if top is not None and not (t1.ndim and top < _increment(t1.dtype, self.decay, c)):
+            # the elements clip changes, less the NaNs it leaves as they are (NaN != NaN)
+            clipped = int(np.count_nonzero(np.clip(g, -c, c, out=t1) != g))
+            if top != top:
+                clipped -= int(np.count_nonzero(np.isnan(g)))
+            g = t1
+        # w += -lr * g / sqrt(cache + eps) - regc * w, in this order
+        np.multiply(g, -self.lr, out=t1)
+        np.add(cache, self.eps, out=t2)
+        np.sqrt(t2, out=t2)
+        t1 /= t2
         if self.regc:
-            delta -= self.regc * w
-        w += delta
+            t1 -= np.multiply(w, self.regc, out=t2)
+        w += t1
         return clipped
 
 
@@ -1072,15 +1167,22 @@ class SGD(Optimizer):
         self.weight_decay = _nonneg(where, "weight_decay", hyper["weight_decay"])
         self.clip_norm = _limit(where, "clip_norm", hyper["clip_norm"])
 
-    def _update(self, w: np.ndarray, g: np.ndarray, state: dict[str, np.ndarray]) -> int:
+    def _update(
+        self,
+        w: np.ndarray,
+        g: np.ndarray,
+        state: dict[str, np.ndarray],
+        scratch: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> int:
+        t1, t2 = _scratch(w) if scratch is None else scratch
         if self.weight_decay:
-            g = g + self.weight_decay * w
+            g = np.add(g, np.multiply(w, self.weight_decay, out=t1), out=t1)
         if self.momentum:
             v = state["velocity"]
             v *= self.momentum
             v += g
-            g = g + self.momentum * v if self.nesterov else v
-        w -= self.lr * g
+            g = np.add(g, np.multiply(v, self.momentum, out=t2), out=t1) if self.nesterov else v
+        w -= np.multiply(g, self.lr, out=t2)
         return 0
 
 
@@ -1173,21 +1275,32 @@ class Adam(Optimizer):
         )
         self.clip_norm = _limit(where, "clip_norm", hyper["clip_norm"])
 
-    def _update(self, w: np.ndarray, g: np.ndarray, state: dict[str, np.ndarray]) -> int:
+    def _update(
+        self,
+        w: np.ndarray,
+        g: np.ndarray,
+        state: dict[str, np.ndarray],
+        scratch: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> int:
+        t1, t2 = _scratch(w) if scratch is None else scratch
         t = self.step_count
         if self.weight_decay:
             if self.decoupled_weight_decay:
                 w *= 1.0 - self.lr * self.weight_decay
             else:
-                g = g + self.weight_decay * w
+                g = np.add(g, np.multiply(w, self.weight_decay, out=t1), out=t1)
         m, v = state["m"], state["v"]
         m *= self.beta1
-        m += (1.0 - self.beta1) * g
+        m += np.multiply(g, 1.0 - self.beta1, out=t2)
         v *= self.beta2
-        v += (1.0 - self.beta2) * np.square(g)
-        mhat = m / (1.0 - self.beta1**t)
-        vhat = v / (1.0 - self.beta2**t)
-        w -= self.lr * mhat / (np.sqrt(vhat) + self.eps)
+        v += np.multiply(np.square(g, out=t2), 1.0 - self.beta2, out=t2)
+        delta = np.divide(m, 1.0 - self.beta1**t, out=t1)  # mhat
+        delta *= self.lr
+        root = np.divide(v, 1.0 - self.beta2**t, out=t2)  # vhat
+        np.sqrt(root, out=root)
+        root += self.eps
+        delta /= root
+        w -= delta
         return 0
 
 
