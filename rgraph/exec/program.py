@@ -16,6 +16,7 @@ from rgraph.ir.passes import (
     autodiff,
     contract,
     cse,
+    fold_transposes,
     forward_identities,
     hoist,
     merge_matmuls,
@@ -234,5 +235,6 @@ def _compile(graph, outputs, loss, wrt, cotangents, optimize, check_finite) -> P
             if ir is not before:  # what hoist split into xs again goes in whole
                 stages["pack_hoisted"] = ir = pack_loop_io(ir)
                 stages["merge_hoisted_pieces"] = ir = merge_pieces(ir)
+            stages["fold_transposes"] = ir = fold_transposes(ir)
         stages["prune_after_cse"] = ir = prune(ir)
     return Program(stages, names, targets, cot, check_finite)

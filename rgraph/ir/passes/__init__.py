@@ -12,11 +12,13 @@ from rgraph.ir.passes.pieces import merge_pieces
 from rgraph.ir.passes.prune import prune
 from rgraph.ir.passes.schedule import schedule
 from rgraph.ir.passes.sink import sink
+from rgraph.ir.passes.transposes import fold_transposes
 
 __all__ = [
     "autodiff",
     "contract",
     "cse",
+    "fold_transposes",
     "forward_identities",
     "hoist",
     "merge_matmuls",
