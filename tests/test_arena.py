@@ -28,22 +28,41 @@ def test_a_buffer_is_handed_out_again_only_once_nothing_uses_it():
     assert len(arena.buffers) == 2
 
 
-def test_small_arrays_get_their_own_memory_and_others_the_smallest_free_buffer():
+def test_small_arrays_get_their_own_memory_and_others_the_smallest_free_buffer_that_fits():
     arena = Arena()
     small = arena.empty((4,), np.float32)
     assert small.base is None and not arena.buffers
-    big, bigger = arena.empty((2 * MIN_BYTES,), np.uint8), arena.empty((4 * MIN_BYTES,), np.uint8)
-    ids = id(big.base), id(bigger.base)
-    del big, bigger
-    assert id(arena.empty((MIN_BYTES,), np.uint8).base) == ids[0]
-    assert id(arena.empty((MIN_BYTES,), np.uint8).base) == ids[0]  # (the last one is gone)
+    a, b, c = (arena.empty((k * MIN_BYTES,), np.uint8) for k in (2, 3, 8))
+    ids = id(a.base), id(b.base), id(c.base)
+    del a, b, c
+    # A request of 1.5 units: the 2-unit buffer (the 3-unit one fits too, but is bigger).
+    assert id(arena.empty((3 * MIN_BYTES // 2,), np.uint8).base) == ids[0]
+    # 4 units: not the 8-unit buffer (twice as big): a new one, of 4 units.
+    four = arena.empty((4 * MIN_BYTES,), np.uint8)
+    assert four.base.nbytes == 4 * MIN_BYTES
+    assert sorted(b.nbytes // MIN_BYTES for b in arena.buffers) == [2, 3, 4, 8]  # one run
 
 
-def test_free_buffers_too_small_for_a_new_request_are_let_go():
+def test_a_trim_lets_go_of_free_buffers_unused_since_the_last_one():
     arena = Arena()
-    for n in (1, 2, 4, 8):  # longer and longer sequences, one at a time
+    kept = arena.empty((MIN_BYTES,), np.uint8)
+    arena.empty((2 * MIN_BYTES,), np.uint8)  # freed at once
+    arena.trim()  # both were used since the start: both stay
+    assert len(arena.buffers) == 2
+    arena.trim()  # neither was asked for since: the free one goes, the one in use stays
+    assert [id(b) for b in arena.buffers] == [id(kept.base)]
+
+
+def test_a_miss_lets_go_of_free_buffers_of_earlier_runs_only():
+    arena = Arena()
+    for n in (1, 2, 4, 8):  # longer and longer sequences, one run each
         arena.empty((n * MIN_BYTES,), np.uint8)
-    assert [b.nbytes for b in arena.buffers] == [8 * MIN_BYTES]
+        assert [b.nbytes // MIN_BYTES for b in arena.buffers] == [n]  # the last run's: gone
+        arena.trim()
+    small = arena.empty((MIN_BYTES,), np.uint8)  # a miss in this run: the 8 goes
+    del small
+    arena.empty((3 * MIN_BYTES,), np.uint8)  # a miss: this run's free 1 stays
+    assert sorted(b.nbytes // MIN_BYTES for b in arena.buffers) == [1, 3]
 
 
 def _long_loop() -> rg.Graph:

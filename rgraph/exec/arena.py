@@ -40,25 +40,40 @@ class Arena:
 
     def __init__(self) -> None:
         self.buffers: list[np.ndarray] = []  # bytes, each owned by the arena alone when free
+        self.used: set[int] = set()  # ids of the buffers handed out since the last trim
 
     def empty(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         """An uninitialised array of ``shape`` and ``dtype``: in the smallest free buffer
-        that holds it, else in a new buffer."""
+        that holds it with less than as much again to spare, else in a new buffer (a
+        small value in a large buffer would leave the next large value without one)."""
         dtype = np.dtype(dtype)
         size = math.prod(shape) * dtype.itemsize
         if size < MIN_BYTES:
             return np.empty(shape, dtype)
         # References to a free buffer: the list, the comprehension's variable and
         # getrefcount's argument; any more is an array made from it.
-        free = [b for b in self.buffers if b.nbytes >= size and sys.getrefcount(b) == 3]
+        free = [b for b in self.buffers if size <= b.nbytes < 2 * size and sys.getrefcount(b) == 3]
         best = min(free, key=lambda b: b.nbytes, default=None)
         if best is None:
-            # Free buffers too small for this request are likely from shorter sequences
-            # than the ones now coming: let them go rather than hold both.
-            self.buffers = [b for b in self.buffers if b.nbytes >= size or sys.getrefcount(b) > 3]
+            # Free buffers that this run has not used yet (those of earlier runs) did not
+            # fit: they are likely of other sequence lengths than the ones now coming. Let
+            # them go before taking more memory.
+            self._drop_unused()
             best = np.empty(size, np.uint8)
             self.buffers.append(best)
+        self.used.add(id(best))
         return best[:size].view(dtype).reshape(shape)
+
+    def trim(self) -> None:
+        """Let go of the free buffers that nothing asked for since the last trim (a run
+        calls it at its end: what the last run did not use, the next one may not either)."""
+        self._drop_unused()
+        self.used = set()
+
+    def _drop_unused(self) -> None:
+        """Let go of the free buffers not handed out since the last trim."""
+        used = self.used
+        self.buffers = [b for b in self.buffers if id(b) in used or sys.getrefcount(b) > 3]
 
 
 class ThreadArenas:
@@ -72,3 +87,9 @@ class ThreadArenas:
         if arena is None:
             arena = self._local.arena = Arena()
         return arena.empty(shape, dtype)
+
+    def trim(self) -> None:
+        """:meth:`Arena.trim` of this thread's arena."""
+        arena = getattr(self._local, "arena", None)
+        if arena is not None:
+            arena.trim()

@@ -52,9 +52,11 @@ class Interpreter:
         # Debug mode: stop at the first node that produces a NaN or an infinity.
         self.check_finite = check_finite
         # Large values are made in memory kept across runs (a loop body's own values are
-        # planned by its loop: see _out_plan); ``empty`` allocates it.
+        # planned by its loop: see _out_plan); ``empty`` allocates it, from the arenas of
+        # the outermost interpreter, which trims them after each run.
         self.loop_body = loop_body
-        self.empty = empty or ThreadArenas().empty
+        self.arenas = None if empty is not None else ThreadArenas()
+        self.empty = empty or self.arenas.empty
         names = graph.types()
         self.slot: dict[str, int] = dict(zip(names, range(len(names))))
         self.consts = [
@@ -194,6 +196,8 @@ class Interpreter:
                 f" (inputs: {', '.join(v.name for v in self.graph.inputs)})"
             )
         self._execute(values, self._steps(binding))
+        if self.arenas is not None:
+            self.arenas.trim()
         return {name: np.asarray(values[self.slot[name]]) for name in self.graph.outputs}
 
     def positional(self, binding: Mapping[str, int]) -> Any:
