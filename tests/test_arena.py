@@ -37,10 +37,26 @@ def test_small_arrays_get_their_own_memory_and_others_the_smallest_free_buffer_t
     del a, b, c
     # A request of 1.5 units: the 2-unit buffer (the 3-unit one fits too, but is bigger).
     assert id(arena.empty((3 * MIN_BYTES // 2,), np.uint8).base) == ids[0]
-    # 4 units: not the 8-unit buffer (twice as big): a new one, of 4 units.
-    four = arena.empty((4 * MIN_BYTES,), np.uint8)
-    assert four.base.nbytes == 4 * MIN_BYTES
-    assert sorted(b.nbytes // MIN_BYTES for b in arena.buffers) == [2, 3, 4, 8]  # one run
+    assert id(arena.empty((3 * MIN_BYTES // 2,), np.uint8).base) == ids[0]  # (freed again)
+
+
+def test_free_memory_is_held_up_to_what_the_last_run_had_in_use():
+    arena = Arena()
+    one = [arena.empty((k * MIN_BYTES,), np.uint8) for k in (2, 3, 8)]  # a run: 13 in use
+    del one
+    arena.trim()
+    assert arena.budget == 13 * MIN_BYTES
+    for k in (2, 3, 8):  # the next run uses all three (one after the other)
+        arena.empty((k * MIN_BYTES,), np.uint8)
+    four = arena.empty((4 * MIN_BYTES,), np.uint8)  # a miss: 13 + 4 > 13, the 8 goes
+    assert sorted(b.nbytes // MIN_BYTES for b in arena.buffers) == [2, 3, 4]
+    del four
+    fresh = Arena()  # before any run has ended, nothing free is held across a miss
+    kept = fresh.empty((2 * MIN_BYTES,), np.uint8)
+    fresh.empty((3 * MIN_BYTES,), np.uint8)  # freed at once
+    fresh.empty((8 * MIN_BYTES,), np.uint8)  # a miss: the free 3 goes
+    assert sorted(b.nbytes // MIN_BYTES for b in fresh.buffers) == [2, 8]
+    assert kept.base is fresh.buffers[0]
 
 
 def test_a_trim_lets_go_of_free_buffers_unused_since_the_last_one():
@@ -53,16 +69,12 @@ def test_a_trim_lets_go_of_free_buffers_unused_since_the_last_one():
     assert [id(b) for b in arena.buffers] == [id(kept.base)]
 
 
-def test_a_miss_lets_go_of_free_buffers_of_earlier_runs_only():
+def test_a_miss_lets_go_of_free_buffers_of_earlier_runs():
     arena = Arena()
     for n in (1, 2, 4, 8):  # longer and longer sequences, one run each
         arena.empty((n * MIN_BYTES,), np.uint8)
         assert [b.nbytes // MIN_BYTES for b in arena.buffers] == [n]  # the last run's: gone
         arena.trim()
-    small = arena.empty((MIN_BYTES,), np.uint8)  # a miss in this run: the 8 goes
-    del small
-    arena.empty((3 * MIN_BYTES,), np.uint8)  # a miss: this run's free 1 stays
-    assert sorted(b.nbytes // MIN_BYTES for b in arena.buffers) == [1, 3]
 
 
 def _long_loop() -> rg.Graph:

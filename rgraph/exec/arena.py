@@ -41,6 +41,8 @@ class Arena:
     def __init__(self) -> None:
         self.buffers: list[np.ndarray] = []  # bytes, each owned by the arena alone when free
         self.used: set[int] = set()  # ids of the buffers handed out since the last trim
+        self.peak = 0  # the most bytes of buffers in use at once since the last trim
+        self.budget = 0  # the last run's peak in use: more is held only while in use
 
     def empty(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         """An uninitialised array of ``shape`` and ``dtype``: in the smallest free buffer
@@ -57,18 +59,39 @@ class Arena:
         if best is None:
             # Free buffers that this run has not used yet (those of earlier runs) did not
             # fit: they are likely of other sequence lengths than the ones now coming. Let
-            # them go before taking more memory.
+            # them go before taking more memory, and free ones of other sizes too if the
+            # arena would hold more than the last run ever had in use.
             self._drop_unused()
+            self._shrink_to(self.budget - size)
             best = np.empty(size, np.uint8)
             self.buffers.append(best)
         self.used.add(id(best))
-        return best[:size].view(dtype).reshape(shape)
+        out = best[:size].view(dtype).reshape(shape)
+        self.peak = max(self.peak, sum(b.nbytes for b in self.buffers if sys.getrefcount(b) > 3))
+        return out
+
+    def _shrink_to(self, limit: int) -> None:
+        """Let go of free buffers, largest first, until the arena holds at most ``limit``
+        bytes (or holds only buffers in use)."""
+        excess = sum(b.nbytes for b in self.buffers) - limit
+        if excess <= 0:
+            return
+        free = sorted((b for b in self.buffers if sys.getrefcount(b) == 3), key=lambda b: -b.nbytes)
+        drop = set()
+        for b in free:
+            if excess <= 0:
+                break
+            drop.add(id(b))
+            excess -= b.nbytes
+        del free
+        self.buffers = [b for b in self.buffers if id(b) not in drop]
 
     def trim(self) -> None:
         """Let go of the free buffers that nothing asked for since the last trim (a run
         calls it at its end: what the last run did not use, the next one may not either)."""
         self._drop_unused()
-        self.used = set()
+        self.budget = self.peak
+        self.used, self.peak = set(), 0
 
     def _drop_unused(self) -> None:
         """Let go of the free buffers not handed out since the last trim."""
