@@ -196,6 +196,16 @@ class GraphIR(BaseModel):
             object.__setattr__(self, "__pydantic_private__", {**private, "_ops": cached})
         return cached[1]
 
+    def use_counts(self) -> dict[str, int]:
+        """How many times each value is read: by a node's input, or as an output."""
+        uses: dict[str, int] = {}
+        for n in self.nodes:
+            for i in n.inputs:
+                uses[i] = uses.get(i, 0) + 1
+        for o in self.outputs:
+            uses[o] = uses.get(o, 0) + 1
+        return uses
+
     @property
     def known_scheduled(self) -> bool:
         """Whether :meth:`mark_scheduled` was called for the current nodes."""

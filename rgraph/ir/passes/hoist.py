@@ -137,12 +137,7 @@ def _regroup_products(body: GraphIR, num_carry: int) -> GraphIR:
     """``(v * a) * b`` as ``v * (a * b)`` where ``v`` depends on the carries and ``a``,
     ``b`` do not, and ``v * a`` has no other use: ``a * b`` can then leave the loop."""
     variant = {v.name for v in body.inputs[:num_carry]}
-    uses: dict[str, int] = {}
-    for n in body.nodes:
-        for i in n.inputs:
-            uses[i] = uses.get(i, 0) + 1
-    for o in body.outputs:
-        uses[o] = uses.get(o, 0) + 1
+    uses = body.use_counts()
     producer: dict[str, Node] = {}
     types = body.types()
     names = FreshNames(types)

@@ -68,12 +68,7 @@ class _Plan:
         self.carries, self.xs = names[:nc], names[nc : nc + nx]
         types = self.types = body.types()
         producer = {o.name: n for n in body.nodes for o in n.outputs}
-        uses: dict[str, int] = {}
-        for n in body.nodes:
-            for i in n.inputs:
-                uses[i] = uses.get(i, 0) + 1
-        for o in body.outputs:
-            uses[o] = uses.get(o, 0) + 1
+        uses = body.use_counts()
 
         # Accumulators: carry k enters only ``acc' = add(acc, term)``, which is carry k out.
         self.accumulators: dict[int, str] = {}  # carry index -> term
