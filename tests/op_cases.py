@@ -398,6 +398,38 @@ case(
 )
 case("sigmoid", [A((2, 5), gen=uniform(-4, 4))], _sigmoid)
 case("relu", [A((3, 4), gen=away(0.2, 2.0))], lambda x: x * (x > 0))
+
+
+def _gates(sizes, sigmoid):
+    def ref(x):
+        out = np.tanh(x)
+        lo = 0
+        for size, gate in zip(sizes, sigmoid):
+            if gate:
+                out[..., lo : lo + size] = _sigmoid(2.0 * x[..., lo : lo + size])
+            lo += size
+        return out
+
+    return ref
+
+
+for label, shape, sizes, sigmoid in [
+    ("lstm", (2, 8), [6, 2], [True, False]),  # the tanh form (few elements)
+    ("between", (2, 3, 7), [2, 2, 1, 2], [True, False, True, False]),
+    ("runs", (2, 7), [2, 1, 3, 1], [True, True, False, False]),
+    ("all_sigmoid", (3, 4), [4], [True]),
+    ("exp_form", (3, 1000), [750, 250], [True, False]),  # through exp (large)
+    ("exp_between", (3, 1000), [250, 250, 250, 250], [False, True, False, True]),
+]:
+    case(
+        "gate_activation",
+        [A(shape, gen=uniform(-4, 4))],
+        _gates(sizes, sigmoid),
+        label,
+        attrs={"sizes": sizes, "sigmoid": sigmoid},
+    )
+
+
 case(
     "relu",
     [A(("B", 4), gen=away(0.2, 2.0))],

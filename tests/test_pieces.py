@@ -514,6 +514,43 @@ def test_a_split_with_one_used_piece_becomes_a_slice(used, window):
     np.testing.assert_array_equal(got["y"], np.tanh(feeds["x"][slice(*window)]) * 2.0)
 
 
+@pytest.mark.parametrize("axis", [1, -1])
+def test_a_piece_split_again_along_the_same_axis_is_split_with_the_others(axis):
+    g = rg.Graph("nested")
+    x = g.input("x", ("B", 9))
+    a, b = g.split(x, axis=axis, sizes=[6, 3])
+    p, q, r = g.split(a, axis=1, sizes=[1, 2, 3])
+    g.output(g.concat(r, b, p, q, axis=1), name="y")  # out of order: the concat stays
+    before = g.ir
+    after = merge_pieces(before)
+    split = the(after, "split")
+    assert split.inputs == ("x",) and split.attrs["sizes"] == [1, 2, 3, 3]
+    assert [o.name for o in split.outputs] == [p.name, q.name, r.name, b.name]
+    feeds = {"x": normal(2, 9)}
+    got = same_results(before, after, feeds)
+    want = feeds["x"][:, [3, 4, 5, 6, 7, 8, 0, 1, 2]]
+    np.testing.assert_array_equal(got["y"], want)
+
+
+@pytest.mark.parametrize("why", ["other_axis", "piece_used_too", "piece_is_output"])
+def test_a_piece_split_again_stays_when_it_is_more_than_that(why):
+    g = rg.Graph("nested_stays")
+    x = g.input("x", (4, 9))
+    a, b = g.split(x, axis=1, sizes=[6, 3])
+    axis, sizes = (0, [1, 3]) if why == "other_axis" else (1, [2, 4])
+    p, q = g.split(a, axis=axis, sizes=sizes)
+    total = g.sum(g.tanh(p)) + g.sum(g.tanh(q)) + g.sum(b)
+    if why == "piece_used_too":
+        total = total + g.sum(g.exp(a))
+    if why == "piece_is_output":
+        g.output(a)
+    g.output(total, name="y")
+    before = g.ir
+    after = merge_pieces(before)
+    assert count(after, "split") == 2
+    same_results(before, after, {"x": normal(4, 9)})
+
+
 def test_a_piece_that_is_an_output_counts_as_used():
     g = rg.Graph("lone_out")
     x = g.input("x", ("B", 5))

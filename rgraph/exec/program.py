@@ -19,6 +19,7 @@ from rgraph.ir.passes import (
     fold_transposes,
     forward_identities,
     hoist,
+    merge_activations,
     merge_matmuls,
     merge_pieces,
     pack_loop_io,
@@ -227,6 +228,7 @@ def _compile(graph, outputs, loss, wrt, cotangents, optimize, check_finite) -> P
             for suffix in ("", ".2", ".3"):  # each can expose work for the other
                 before = ir
                 stages["merge_pieces" + suffix] = ir = merge_pieces(ir)
+                stages["merge_activations" + suffix] = ir = merge_activations(ir)
                 stages["pack_loop_io" + suffix] = ir = pack_loop_io(ir)
                 if ir is before:
                     break

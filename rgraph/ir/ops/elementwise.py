@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import Field
 
-from rgraph.errors import DTypeError
+from rgraph.errors import DTypeError, ShapeError
 from rgraph.ir.op import (
     Attrs,
     KernelContext,
@@ -154,6 +154,102 @@ unary("sigmoid", _sigmoid, lambda x, out, g: g * (out * (1.0 - out)), writes_out
 unary("relu", lambda x: np.maximum(x, 0), lambda x, out, g: g * out.sign())
 # The derivative of sign is zero almost everywhere: nothing flows back.
 unary("sign", np.sign, lambda x, out, g: None, dtypes=NUMERIC)
+
+
+class GateAttrs(Attrs):
+    # Widths of consecutive column blocks of the last axis, and which are sigmoid gates.
+    sizes: list[int]
+    sigmoid: list[bool]
+
+
+# Sizes from which exp is cheaper than tanh in all (numpy's float64 tanh is not vectorised).
+_EXP_FROM = {np.dtype(np.float64): 512, np.dtype(np.float32): 2048}
+_EXP_CAP = {np.dtype(np.float64): 700.0, np.dtype(np.float32): 80.0}
+
+
+def _runs(a: GateAttrs, kind: bool) -> list[tuple[Any, slice]]:
+    """Index expressions of the maximal runs of blocks of one kind."""
+    runs: list[tuple[int, int]] = []
+    lo = 0
+    for size, sigmoid in zip(a.sizes, a.sigmoid):
+        if sigmoid == kind:
+            if runs and runs[-1][1] == lo:
+                runs[-1] = (runs[-1][0], lo + size)
+            else:
+                runs.append((lo, lo + size))
+        lo += size
+    return [(..., slice(start, stop)) for start, stop in runs]
+
+
+@register
+class GateActivation(Op):
+    """``tanh(x)`` on the last axis' column blocks marked ``sigmoid`` false, and
+    ``(1 + tanh(x)) / 2 = sigmoid(2 x)`` on the others.
+
+    The gates of an LSTM or a GRU in one call: ``merge_activations`` halves the sigmoid
+    gates' pre-activations in the weights, so one ``tanh`` covers every gate. Large
+    arrays go through ``1 / (1 + exp(-2 x))`` instead (``exp`` is faster per element);
+    either way the error is a few ulps of 1, absolute.
+    """
+
+    name = "gate_activation"
+    Attrs = GateAttrs
+    writes_out = True
+    flops_per_element = 3
+
+    def infer(self, ins, a):
+        x = ins[0]
+        if x.dtype not in ("float32", "float64") or x.rank < 1:
+            raise DTypeError(f"'gate_activation' takes a float array of rank >= 1, got {x}")
+        if len(a.sizes) != len(a.sigmoid) or min(a.sizes, default=0) < 1:
+            raise ShapeError(f"gate_activation needs one flag per block, blocks of size >= 1: {a}")
+        if x.shape[-1] != sum(a.sizes):
+            raise ShapeError(f"blocks {a.sizes} do not sum to the last axis of {x}")
+        return [x]
+
+    def batched_attrs(self, a, ins, stacked, steps):
+        return self.dump_attrs(a)
+
+    def kernel(self, a, ctx):
+        gates, cells = _runs(a, True), _runs(a, False)
+        constants: dict[np.dtype, tuple[np.ndarray, ...]] = {}
+
+        def activate(x, out=None):
+            dtype = x.dtype
+            c = constants.get(dtype)
+            if c is None:  # 0-d arrays: numpy takes them faster than Python floats
+                c = constants[dtype] = tuple(
+                    np.array(v, dtype) for v in (0.5, 1.0, 2.0, -2.0, _EXP_CAP[dtype])
+                )
+            half, one, two, minus_two, cap = c
+            if out is None:
+                out = np.empty_like(x)
+            if x.size < _EXP_FROM[dtype]:
+                np.tanh(x, out)
+                for r in gates:
+                    part = out[r]
+                    np.multiply(part, half, part)
+                    np.add(part, half, part)
+                return out
+            np.multiply(x, minus_two, out)
+            np.minimum(out, cap, out=out)  # exp(700) is finite; the result is 0 either way
+            np.exp(out, out)
+            np.add(out, one, out)
+            np.reciprocal(out, out)  # sigmoid(2 x) everywhere
+            for r in cells:
+                part = out[r]
+                np.multiply(part, two, part)
+                np.subtract(part, one, part)
+            return out
+
+        return activate
+
+    def vjp(self, g, a, ins, outs, cts):
+        # tanh' = 1 - out^2; sigmoid(2x)' = 2 out (1 - out) = (1 - out^2) - (1 - out)^2.
+        out = outs[0]
+        mask = np.repeat(np.array(a.sigmoid, ins[0].dtype), a.sizes)
+        rest = 1.0 - out
+        return [cts[0] * ((1.0 - out * out) - g.const(mask) * (rest * rest))]
 
 
 class CastAttrs(Attrs):

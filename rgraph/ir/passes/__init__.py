@@ -1,5 +1,6 @@
 """Compiler passes: pure functions from IR to IR, each printable afterwards."""
 
+from rgraph.ir.passes.activations import merge_activations
 from rgraph.ir.passes.autodiff import autodiff
 from rgraph.ir.passes.contract import contract
 from rgraph.ir.passes.cse import cse
@@ -21,6 +22,7 @@ __all__ = [
     "fold_transposes",
     "forward_identities",
     "hoist",
+    "merge_activations",
     "merge_matmuls",
     "merge_pieces",
     "pack_loop_io",

@@ -36,8 +36,9 @@ def merge_pieces(graph: GraphIR) -> GraphIR:
 
     Likewise ``concat(mul(p, q), mul(r, s))`` becomes ``mul(concat(p, r), concat(q, s))``,
     where a concat of all the pieces of a split, in order, is the split's input (also
-    among other inputs); and the same ``sum`` of every piece, over other axes than the
-    split's, is one sum, split.
+    among other inputs); the same ``sum`` of every piece, over other axes than the
+    split's, is one sum, split; and a piece split again along the same axis is split
+    with the others.
     """
     if not graph.ops() & {"split", "concat", "bodies"}:
         return graph
@@ -76,6 +77,10 @@ class _Rewriter:
         for n in self.graph.nodes:
             if n.op == "concat" and len(n.inputs) > 1 and id(n) not in self.removed:
                 self._concat_of_ops(n)
+        if not self.added:  # last: the rules above may still read the pieces it removes
+            for n in self.graph.nodes:
+                if n.op == "split" and len(n.outputs) > 1:
+                    self._split_of_piece(n)
         if not self.added and not self.renames:
             return None
         kept = [n for n in self.graph.nodes if id(n) not in self.removed] + self.added
@@ -163,6 +168,29 @@ class _Rewriter:
         attrs = {"axis": a.axis, "start": lo, "stop": lo + a.sizes[k]}
         self._add("slice", split.inputs, (split.outputs[k],), attrs, split.loc)
         self.removed.add(id(split))
+
+    def _split_of_piece(self, split: Node) -> None:
+        """A piece used only by a split along the same axis: one split makes its pieces
+        (one call instead of two)."""
+        a = get_op("split").node_attrs(split)
+        axis = normalize_axis(a.axis, self.types[split.inputs[0]].rank)
+        for k, out in enumerate(o.name for o in split.outputs):
+            inner = self.users[out][0] if len(self.users[out]) == 1 else None
+            if inner is None or inner.op != "split" or out in self.outputs:
+                continue
+            if inner.inputs.count(out) != 1 or not (self._free(split) and self._free(inner)):
+                continue
+            b = get_op("split").node_attrs(inner)
+            if normalize_axis(b.axis, self.types[out].rank) != axis:
+                continue
+            sizes = list(a.sizes)
+            outputs = list(split.outputs)
+            sizes[k : k + 1] = b.sizes
+            outputs[k : k + 1] = inner.outputs
+            attrs = {"axis": axis, "sizes": sizes}
+            self._add("split", split.inputs, tuple(outputs), attrs, split.loc)
+            self.removed.update((id(split), id(inner)))
+            return
 
     def _unary_runs(self, split: Node, x: TensorType, axis: int, sizes: list, members) -> None:
         """``f`` on consecutive pieces: ``f`` on the slice that holds them, then split."""
