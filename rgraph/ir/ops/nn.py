@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import numpy as np
@@ -93,13 +94,22 @@ class SoftmaxAttrs(Attrs):
 
 
 def _softmax(x, axis):
-    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
-    return e / np.sum(e, axis=axis, keepdims=True)
+    """``exp(x - max) / sum`` along ``axis``, written into one new array.
+
+    Ufunc methods (``np.maximum.reduce``, ``np.add.reduce``) rather than ``np.max`` and
+    ``np.sum``: same results, without the wrappers that cost as much as the work on small
+    arrays.
+    """
+    e = np.subtract(x, np.maximum.reduce(x, axis=axis, keepdims=True))
+    np.exp(e, out=e)
+    return np.divide(e, np.add.reduce(e, axis=axis, keepdims=True), out=e)
 
 
 def _log_softmax(x, axis):
-    shifted = x - np.max(x, axis=axis, keepdims=True)
-    return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
+    """``(x - max) - log(sum(exp(x - max)))`` along ``axis`` (see :func:`_softmax`)."""
+    shifted = np.subtract(x, np.maximum.reduce(x, axis=axis, keepdims=True))
+    total = np.add.reduce(np.exp(shifted), axis=axis, keepdims=True)
+    return np.subtract(shifted, np.log(total, out=total), out=shifted)
 
 
 class SoftmaxFamily(Op):
@@ -160,25 +170,46 @@ def _check_ce(logits, targets, mask):
             raise ShapeError(f"mask {mask} must have the shape of targets {targets}")
 
 
+# Signed integer dtypes -> the unsigned ones of their size (for the targets' range check).
+_UNSIGNED = {np.dtype(f"{o}i{n}"): np.dtype(f"{o}u{n}") for o in "<>" for n in (1, 2, 4, 8)}
+
+
+@functools.lru_cache(maxsize=8)
+def _row_starts(rows, classes):
+    """Where each row of a C-contiguous (rows, classes) array starts in its ``ravel()``."""
+    starts = np.arange(rows) * classes
+    starts.flags.writeable = False
+    return starts
+
+
 def _ce_positions(logits, targets):
-    """Per-position ``-log softmax(logits)[target]``, the log-softmax, and the flat
-    positions ``(rows, targets)`` of the targets in it, targets checked."""
+    """``logits - max`` (last axis) as new C-contiguous rows (N, C), and the positions of
+    the targets (checked) in its ``ravel()``.
+
+    The row maxima come from ``np.maximum.reduceat`` over the flat logits: the same values
+    as ``np.maximum.reduce(axis=-1)``, about twice as fast on short rows.
+    """
     classes = logits.shape[-1]
-    if targets.size and (targets.min() < 0 or targets.max() >= classes):
+    flat = targets.reshape(-1)
+    # Negative targets view as huge unsigned numbers: one max checks both bounds.
+    unsigned = _UNSIGNED.get(flat.dtype, flat.dtype)
+    if flat.size and np.maximum.reduce(flat.view(unsigned)) >= classes:
         bad = targets[(targets < 0) | (targets >= classes)].flat[0]
         raise IndexError(f"target {bad} is out of range for {classes} classes")
-    logp = _log_softmax(logits, -1)
-    at = (np.arange(targets.size), targets.reshape(-1))
-    picked = logp.reshape(-1, classes)[at].reshape(targets.shape)
-    return -picked, logp, at
+    starts = _row_starts(flat.size, classes)
+    x = logits.reshape(-1)  # a copy unless contiguous: the rows below are C-contiguous
+    shifted = np.subtract(x.reshape(flat.size, classes), np.maximum.reduceat(x, starts)[:, None])
+    return shifted, starts + flat
 
 
-def _weights(targets, mask, reduction, dtype):
-    """Per-position loss weights: the mask, divided by the count for 'mean'."""
-    w = np.ones(targets.shape, dtype) if mask is None else mask
-    if reduction == "mean":
-        w = w / dtype.type(max(float(np.sum(w)), 1.0))
-    return w
+def _weights(n, mask, reduction, dtype):
+    """Flat per-position loss weights: the mask (None: all ones), divided by the count
+    (the mask's sum, at least 1) for 'mean'; without a mask that is one scalar."""
+    if reduction != "mean":
+        return mask
+    if mask is None:
+        return dtype.type(1) / dtype.type(max(n, 1))
+    return mask / dtype.type(max(float(np.add.reduce(mask)), 1.0))
 
 
 @register
@@ -208,9 +239,16 @@ class SoftmaxCrossEntropy(Op):
 
     def kernel(self, a, ctx):
         def loss(logits, targets, mask=None):
-            nll, _, _ = _ce_positions(logits, targets)
-            w = _weights(targets, mask, a.reduction, logits.dtype)
-            return nll * w if a.reduction == "none" else np.sum(nll * w, dtype=logits.dtype)
+            shifted, at = _ce_positions(logits, targets)
+            mask = None if mask is None else mask.reshape(-1)
+            picked = shifted.reshape(-1)[at]
+            total = np.add.reduce(np.exp(shifted, out=shifted), axis=1)
+            # -log softmax at the targets: logsumexp - picked, both shifted by the max
+            nll = np.subtract(np.log(total, out=total), picked, out=total)
+            w = _weights(at.size, mask, a.reduction, logits.dtype)
+            if w is not None:
+                np.multiply(nll, w, out=nll)
+            return nll.reshape(targets.shape) if a.reduction == "none" else np.add.reduce(nll)
 
         return loss
 
@@ -242,10 +280,15 @@ class SoftmaxCrossEntropyGrad(Op):
 
     def kernel(self, a, ctx):
         def grad(logits, targets, ct, mask=None):
-            _, logp, at = _ce_positions(logits, targets)
-            p = np.exp(logp)  # the softmax
-            p.reshape(-1, p.shape[-1])[at] -= 1.0
-            w = _weights(targets, mask, a.reduction, logits.dtype) * ct
-            return np.multiply(p, w[..., None], out=p)
+            # softmax(logits) - onehot(targets): exp(x - max) / sum, written in place
+            p, at = _ce_positions(logits, targets)
+            mask = None if mask is None else mask.reshape(-1)
+            np.exp(p, out=p)
+            np.divide(p, np.add.reduce(p, axis=1, keepdims=True), out=p)
+            p.reshape(-1)[at] -= 1
+            w = _weights(at.size, mask, a.reduction, logits.dtype)
+            scale = ct.reshape(-1) if w is None else w * ct.reshape(-1)  # (1,) or (N,)
+            np.multiply(p, scale.reshape(-1, 1), out=p)
+            return p.reshape(logits.shape)
 
         return grad
