@@ -22,6 +22,19 @@ from rgraph.ir.op import (
 )
 from rgraph.ir.types import make_type
 
+# Signed integer dtypes -> the unsigned ones of their size (for index range checks).
+_UNSIGNED = {np.dtype(f"{o}i{n}"): np.dtype(f"{o}u{n}") for o in "<>" for n in (1, 2, 4, 8)}
+
+
+def _out_of_range(indices: np.ndarray, size: int) -> bool:
+    """Whether some index is outside ``[0, size)``: negative ones view as huge unsigned
+    numbers, so one max checks both bounds."""
+    flat = indices.reshape(-1)
+    return (
+        bool(flat.size)
+        and np.maximum.reduce(flat.view(_UNSIGNED.get(flat.dtype, flat.dtype))) >= size
+    )
+
 
 @register
 class RowPluck(Op):
@@ -43,12 +56,12 @@ class RowPluck(Op):
 
     def kernel(self, a, ctx):
         def pluck(table, idx):
-            if idx.size and (idx.min() < 0 or idx.max() >= table.shape[0]):
+            if _out_of_range(idx, table.shape[0]):
                 bad = idx[(idx < 0) | (idx >= table.shape[0])].flat[0]
                 raise IndexError(
                     f"index {bad} is out of range for a table of {table.shape[0]} rows"
                 )
-            return table[idx]
+            return np.take(table, idx, axis=0)  # faster than table[idx], same rows
 
         return pluck
 
@@ -79,9 +92,13 @@ class RowPluckGrad(Op):
 
     def kernel(self, a, ctx):
         def scatter(upd, idx, table):
-            out = np.zeros_like(table)
-            np.add.at(out, idx.ravel(), upd.reshape(-1, table.shape[1]))
-            return out
+            # One bincount over flat positions (row * D + column): several times faster
+            # than np.add.at; it sums in float64 (float32 updates gain precision).
+            rows, width = table.shape
+            flat = np.add(np.multiply(idx.reshape(-1, 1), width), np.arange(width)).reshape(-1)
+            weights = upd.reshape(-1).astype(np.float64, copy=False)
+            sums = np.bincount(flat, weights=weights, minlength=rows * width)
+            return sums.reshape(rows, width).astype(table.dtype, copy=False)
 
         return scatter
 
@@ -170,10 +187,6 @@ def _check_ce(logits, targets, mask):
             raise ShapeError(f"mask {mask} must have the shape of targets {targets}")
 
 
-# Signed integer dtypes -> the unsigned ones of their size (for the targets' range check).
-_UNSIGNED = {np.dtype(f"{o}i{n}"): np.dtype(f"{o}u{n}") for o in "<>" for n in (1, 2, 4, 8)}
-
-
 @functools.lru_cache(maxsize=8)
 def _row_starts(rows, classes):
     """Where each row of a C-contiguous (rows, classes) array starts in its ``ravel()``."""
@@ -191,9 +204,7 @@ def _ce_positions(logits, targets):
     """
     classes = logits.shape[-1]
     flat = targets.reshape(-1)
-    # Negative targets view as huge unsigned numbers: one max checks both bounds.
-    unsigned = _UNSIGNED.get(flat.dtype, flat.dtype)
-    if flat.size and np.maximum.reduce(flat.view(unsigned)) >= classes:
+    if _out_of_range(flat, classes):
         bad = targets[(targets < 0) | (targets >= classes)].flat[0]
         raise IndexError(f"target {bad} is out of range for {classes} classes")
     starts = _row_starts(flat.size, classes)
