@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import itertools
 import math
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -259,15 +260,40 @@ def _hits(los: list[int], his: list[int], a: np.ndarray) -> bool:
     return i >= 0 and his[i] > lo
 
 
-# Parameters of this many bytes or more are updated in place, one by one, the others in a
-# flat copy, all at once. A numpy call costs about a microsecond besides its work, so small
-# parameters are cheaper together; for a big one its dozen calls cost less than copying it
-# in and out, and its vectors stay in the cache.
+# Parameters of this many bytes or more are updated in place, one by one, the others (if
+# C-contiguous) in a flat copy, all at once. A numpy call costs about a microsecond besides
+# its work, so small parameters are cheaper together; for a big one its dozen calls cost
+# less than copying it in and out, and its vectors stay in the cache.
 _BIG_BYTES = 1 << 16
 # The updates go through their vectors in pieces of at most this many bytes: vectors much
 # bigger than the cache then stay in it for all the passes of an update (twice as fast at 8
 # MB); smaller pieces would cost more calls than they save.
 _PIECE_BYTES = 1 << 20
+
+# What a step's checks read of each parameter and gradient (an attrgetter in map runs in C,
+# a fraction of the cost of a Python loop).
+_PARAM = operator.attrgetter("shape", "strides", "dtype", "flags.writeable")
+_GRAD = operator.attrgetter("shape", "dtype")
+_SHAPE = operator.attrgetter("shape")
+_C_CONTIGUOUS = operator.attrgetter("flags.c_contiguous")
+
+
+def _bytes(a: np.ndarray) -> memoryview:
+    """The memory of C-contiguous ``a`` as a 1-d memoryview of bytes: ``m[:] = other`` is a
+    plain copy, a fraction of a numpy call's cost on a small array."""
+    return memoryview(a.reshape(-1).view(np.uint8))
+
+
+def _row_dots(rows: np.ndarray, out: np.ndarray) -> Callable[[], Any]:
+    """A call that writes ``row.dot(row)`` of each row of ``rows`` (k, n) into ``out`` (k,).
+
+    Bit for bit that dot: for several rows one ``np.matmul`` of their (k, 1, n) and (k, n,
+    1) stacks, which NumPy computes with the same BLAS dot (its matmul hands a 1 x 1 result
+    to the dtype's dot), in one call instead of k.
+    """
+    if len(rows) == 1:
+        return functools.partial(rows[0].dot, rows[0], out=out.reshape(()))
+    return functools.partial(np.matmul, rows[:, None, :], rows[:, :, None], out=out[:, None, None])
 
 
 class _Group:
@@ -275,41 +301,41 @@ class _Group:
 
     The state of all of them is one buffer per slot (``opt.slots`` holds views of it), and a
     step copies all their gradients into one flat vector ``g`` in the same order: once, for
-    the norm and the update, which then read contiguous memory (a gradient is often a
-    transposed view, some ten times slower to go through). The small parameters are copied
-    into a flat vector ``w``, updated there with ``opt._update`` at once, and copied back;
-    the big ones are updated in place, one by one. The update rules are elementwise, so on a
-    piece of a concatenation they compute what they compute parameter by parameter, bit for
-    bit. They compute in scratch arrays kept from step to step, not in temporaries (big
-    fresh memory comes with page faults, which can cost more than the arithmetic on it).
+    the norm and the update, which then read contiguous memory. The small C-contiguous
+    parameters are copied into a flat vector ``w`` (as bytes), updated there with
+    ``opt._update`` at once, and copied back; the others are updated in place, one by one.
+    The update rules are elementwise, so on a piece of a concatenation they compute what
+    they compute parameter by parameter, bit for bit. They compute in scratch arrays kept
+    from step to step, not in temporaries (big fresh memory comes with page faults, which
+    can cost more than the arithmetic on it).
+
+    Within each of the two kinds the parameters are in the flat vectors by size, so that
+    the gradients of one size are the rows of one matrix, whose squared norms (for the
+    global norm) take one call (:func:`_row_dots`).
     """
 
-    __slots__ = ("g", "index", "out", "params", "pieces", "state", "vectors", "views", "w", "wide")
+    __slots__ = ("copies", "g", "index", "pieces", "squares", "state", "views", "w", "wide")
 
     def __init__(
         self,
         index: list[int],
         ws: list[np.ndarray],
         olds: Mapping[str, list[np.ndarray | None]],
-        every: bool,
+        dots: np.ndarray,
     ) -> None:
         """``index``: the positions in the step's order of this dtype's parameters ``ws``;
-        ``olds``: per slot, their state so far (None: none yet, zeros); ``every``: they are
-        all the step's parameters."""
-        small = [j for j, w in enumerate(ws) if w.nbytes < _BIG_BYTES]
-        big = [j for j, w in enumerate(ws) if w.nbytes >= _BIG_BYTES]
-        order = small + big  # of the flat vectors
-        dtype, n = ws[0].dtype, sum(ws[j].size for j in small)
+        ``olds``: per slot, their state so far (None: none yet, zeros); ``dots``: where to
+        write the squared norms of their gradients, in the order of :attr:`index`."""
+        copied = [w.nbytes < _BIG_BYTES and w.flags.c_contiguous for w in ws]
+        order = sorted(range(len(ws)), key=lambda j: (not copied[j], ws[j].size))
+        dtype, n = ws[0].dtype, sum(w.size for w, c in zip(ws, copied) if c)
         total = sum(w.size for w in ws)
-        self.index = None if every and not big else [index[j] for j in order]
-        self.params = tuple(ws[j] for j in small)  # the parameter store's arrays
+        self.index = [index[j] for j in order]  # of the flat vectors' parameters
         self.w, self.g = np.empty(n, dtype), np.empty(total, dtype)  # flat copies
         self.wide = None if dtype == _F64 else np.empty(total, _F64)  # g for the norm
-        wide = self.g if self.wide is None else self.wide
         self.state = state = {slot: np.zeros(total, dtype) for slot in olds}
         self.views: list[dict[str, np.ndarray]] = [{} for _ in ws]  # slot -> state array
-        self.vectors = {}  # position -> its gradient's piece of wide
-        self.out = []  # (small parameter, its piece of w) to copy back
+        self.copies = []  # (piece of w, parameter), as bytes
         runs = [(self.w, 0, n)]  # (what holds w, its range of the flat vectors)
         start = 0
         for j in order:
@@ -320,14 +346,16 @@ class _Group:
                 old = olds[slot][j]
                 if old is not None:
                     view[...] = old
-            self.vectors[index[j]] = wide[start:stop]
-            if stop <= n:
-                self.out.append((w, self.w[start:stop].reshape(w.shape)))
+            if copied[j]:
+                self.copies.append((_bytes(self.w[start:stop]), _bytes(w)))
             else:
                 runs.append((w, start, stop))
             start = stop
+        self.squares = self._squares(
+            [ws[j].size for j in order], self.g if self.wide is None else self.wide, dots
+        )
 
-        # The update's pieces: runs of the flat w and of the big parameters in place.
+        # The update's pieces: runs of the flat w and of the other parameters in place.
         step = max(1, _PIECE_BYTES // dtype.itemsize)
         cuts = []  # (piece of w, its range of the flat vectors)
         for w, lo, hi in runs:
@@ -351,11 +379,27 @@ class _Group:
             for w, lo, hi in cuts
         ]
 
+    @staticmethod
+    def _squares(sizes: list[int], wide: np.ndarray, dots: np.ndarray) -> list[Callable]:
+        """The calls writing the squared norms of the vectors of ``sizes`` that make up
+        ``wide`` into ``dots``: one per run of vectors of the same size."""
+        calls = []
+        start = at = 0
+        for size, run in itertools.groupby(sizes):
+            k = len(list(run))
+            rows = wide[start : start + k * size].reshape(k, size)
+            calls.append(_row_dots(rows, dots[at : at + k]))
+            start, at = start + k * size, at + k
+        return calls
+
     def gather(self, grads: Sequence[np.ndarray]) -> None:
         """Copy this group's gradients (of the step's ``grads``) into ``g``, and into
         ``wide`` in float64 for the norm if ``g`` is not float64."""
-        mine = grads if self.index is None else [grads[i] for i in self.index]
-        np.concatenate(mine, axis=None, out=self.g)
+        mine = [grads[i] for i in self.index]
+        if all(map(_C_CONTIGUOUS, mine)):  # a concatenation of views costs less
+            np.concatenate(list(map(np.ndarray.ravel, mine)), out=self.g)
+        else:
+            np.concatenate(mine, axis=None, out=self.g)
         if self.wide is not None:
             np.copyto(self.wide, self.g)
 
@@ -364,13 +408,13 @@ class _Group:
         :meth:`gather` copied, times ``scale`` if any; return how many were clipped."""
         if scale is not None:
             self.g *= scale
-        if self.params:
-            np.concatenate(self.params, axis=None, out=self.w)
+        for flat, w in self.copies:
+            flat[:] = w
         clipped = 0
         for w, g, state, scratch in self.pieces:
             clipped += opt._update(w, g, state, scratch)
-        for w, new in self.out:
-            w[...] = new
+        for flat, w in self.copies:
+            w[:] = flat
         return clipped
 
 
@@ -389,38 +433,79 @@ class _Layout:
     """
 
     __slots__ = (
+        "array_types",
+        "dots",
         "exact",
+        "grads",
         "groups",
         "his",
         "kinds",
         "los",
         "names",
+        "order",
         "owners",
         "params",
         "slot_names",
         "total",
-        "vectors",
         "views",
     )
 
     def norm(self) -> float:
         """:func:`_norm` of the gradients the groups gathered, bit for bit: the same dots of
-        the same values (in float64, in the step's order), without making copies."""
+        the same values (in float64), summed in the step's order."""
+        for group in self.groups:
+            for square in group.squares:
+                square()
+        dots = self.dots.tolist()
         total = 0.0
-        for vec in self.vectors:
-            total += float(vec.dot(vec))
+        for i in self.order:
+            total += dots[i]
         return math.sqrt(total)
+
+    def unchanged(self) -> bool:
+        """Whether the parameters still have their shapes, strides and dtypes and are
+        writeable (an array can change all four in place)."""
+        return tuple(map(_PARAM, self.params)) == self.kinds
+
+    def gradients(self, grads: Iterable[Any]) -> list[np.ndarray] | None:
+        """``grads`` (in the step's order) as arrays of their parameters' dtypes, if each has
+        its parameter's shape and surely shares no memory with what the step writes; else
+        None."""
+        gs = list(grads)
+        if tuple(map(type, gs)) != self.array_types:
+            gs = [np.asarray(g) for g in gs]
+        if tuple(map(_GRAD, gs)) != self.grads:
+            if tuple(map(_SHAPE, gs)) != tuple(shape for shape, _ in self.grads):
+                return None
+            # (new arrays: nothing the step writes)
+            gs = [g if g.dtype == t else g.astype(t) for g, (_, t) in zip(gs, self.grads)]
+        return gs if self.all_apart(gs) else None
+
+    def all_apart(self, gs: list[np.ndarray]) -> bool:
+        """Whether :meth:`apart` holds for each of ``gs``; usually found from the arrays
+        owning their memory, each checked once (gradients are often views of a few
+        buffers)."""
+        if not self.exact:
+            owners = [g if g.base is None else g.base for g in gs]
+            if all(map(self.allocated_apart, dict(zip(map(id, owners), owners)).values())):
+                return True
+        return all(map(self.apart, gs))
+
+    def allocated_apart(self, owner: Any) -> bool:
+        """Whether ``owner``, which owns the memory of an array, is an allocation of its
+        own, not that of a parameter or of the state (unless :attr:`exact`, the parameters
+        lie within theirs)."""
+        return (
+            isinstance(owner, np.ndarray)
+            and owner.base is None
+            and id(owner) not in self.owners
+            and owner.flags.owndata
+        )
 
     def apart(self, g: np.ndarray) -> bool:
         """Whether gradient ``g`` surely shares no memory with what a step writes."""
-        if not self.exact:
-            owner = _owner(g)
-            if (
-                isinstance(owner, np.ndarray)
-                and id(owner) not in self.owners
-                and owner.flags.owndata
-            ):
-                return True  # its own allocation, not that of a parameter or the state
+        if not self.exact and self.allocated_apart(_owner(g)):
+            return True
         return not _hits(self.los, self.his, g)
 
     @classmethod
@@ -446,13 +531,18 @@ class _Layout:
         for i, w in enumerate(ws):
             by_dtype.setdefault(w.dtype, []).append(i)
         new: dict[str, list[Any]] = {slot: [None] * len(names) for slot in slot_names}
+        dots = np.empty(len(names))  # the gradients' squared norms, group after group
+        order = [0] * len(names)  # step's position -> its place in dots
         groups = []
         for index in by_dtype.values():
             olds = {slot: [tables[slot].get(names[i]) for i in index] for slot in slot_names}
-            group = _Group(index, [ws[i] for i in index], olds, len(by_dtype) == 1)
+            at = sum(len(group.index) for group in groups)
+            group = _Group(index, [ws[i] for i in index], olds, dots[at : at + len(index)])
             for j, i in enumerate(index):
                 for slot in slot_names:
                     new[slot][i] = group.views[j][slot]
+            for k, i in enumerate(group.index):
+                order[i] = at + k
             groups.append(group)
         buffers = [b for group in groups for b in group.state.values()]
         spans = _spans(ws + buffers)
@@ -463,11 +553,12 @@ class _Layout:
         layout = cls()
         layout.names = names
         layout.params = tuple(ws)
-        layout.kinds = tuple((w.shape, w.strides, w.dtype) for w in ws)
+        layout.kinds = tuple(map(_PARAM, ws))
+        layout.grads = tuple(map(_GRAD, ws))
+        layout.array_types = (np.ndarray,) * len(ws)
         layout.slot_names = slot_names
         layout.groups = groups
-        vectors = {i: vec for group in groups for i, vec in group.vectors.items()}
-        layout.vectors = [vectors[i] for i in range(len(names))]  # in the step's order
+        layout.dots, layout.order = dots, order
         layout.total = sum(w.size for w in ws)
         layout.owners = {id(o) for o in owners} | {id(b) for b in buffers}
         layout.exact = not all(
@@ -714,27 +805,9 @@ class Optimizer:
                 table is None or not all(map(operator.is_, map(table.get, names), views))
             ):
                 return None
-        gs = []
-        owners, exact = layout.owners, layout.exact
-        for w, grad, (shape, strides, dtype) in zip(layout.params, grads.values(), layout.kinds):
-            if (
-                w.shape != shape
-                or w.strides != strides
-                or (w.dtype is not dtype and w.dtype != dtype)
-                or not w.flags.writeable
-            ):
-                return None
-            g = grad if type(grad) is np.ndarray else np.asarray(grad)
-            if g.shape != shape:
-                return None
-            if g.dtype is not dtype and g.dtype != dtype:
-                g = g.astype(dtype)  # a new array: nothing the step writes
-            elif (
-                exact or g.base is not None or id(g) in owners or not g.flags.owndata
-            ) and not layout.apart(g):
-                return None
-            gs.append(g)
-        return gs
+        if not layout.unchanged():
+            return None
+        return layout.gradients(grads.values())
 
     def _relayout(
         self,

@@ -302,3 +302,13 @@ def batches_elementwise(ins: Sequence[TensorType], stacked: Sequence[bool]) -> b
 def shift_axis(axis: int) -> int:
     """An axis of a per-step value, as an axis of the stacked value."""
     return axis + 1 if axis >= 0 else axis
+
+
+def filled(shape: tuple[int, ...], dtype: Any, value: float) -> np.ndarray:
+    """``np.full(shape, value, dtype)`` at a third of its cost on small arrays: zeros
+    from ``np.zeros``, other values filled into an empty array."""
+    if value == 0 and math.copysign(1.0, value) > 0:  # -0.0 is filled
+        return np.zeros(shape, dtype)
+    out = np.empty(shape, dtype)
+    out.fill(value)
+    return out

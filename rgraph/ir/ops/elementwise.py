@@ -20,6 +20,7 @@ from rgraph.ir.op import (
     Op,
     batches_elementwise,
     broadcast_shapes,
+    filled,
     like,
     register,
     same_dtype,
@@ -292,7 +293,7 @@ class FullLike(Elementwise):
         return [ins[0]]
 
     def kernel(self, a, ctx):
-        return lambda x: np.full_like(x, a.value)
+        return lambda x: filled(x.shape, x.dtype, a.value)
 
     def vjp(self, g, a, ins, outs, cts):
         return [None]

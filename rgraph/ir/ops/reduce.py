@@ -14,6 +14,7 @@ from rgraph.ir.op import (
     Attrs,
     Op,
     broadcast_shapes,
+    filled,
     like,
     normalize_axis,
     register,
@@ -204,7 +205,7 @@ class Full(Op):
     def kernel(self, a, ctx):
         shape = tuple(dims.evaluate(d, ctx.dims) for d in a.shape)
         dtype = np.dtype(a.dtype)
-        return lambda: np.full(shape, a.value, dtype)
+        return lambda: filled(shape, dtype, a.value)
 
     def vjp(self, g, a, ins, outs, cts):
         return []
