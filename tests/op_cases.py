@@ -400,33 +400,37 @@ case("sigmoid", [A((2, 5), gen=uniform(-4, 4))], _sigmoid)
 case("relu", [A((3, 4), gen=away(0.2, 2.0))], lambda x: x * (x > 0))
 
 
-def _gates(sizes, sigmoid):
+# What gate_activation's input holds, per form and block kind: z times this.
+_GATE_INPUT = {("tanh", True): 0.5, ("tanh", False): 1.0, ("exp", True): -1.0, ("exp", False): -2.0}
+
+
+def _gates(sizes, sigmoid, form="tanh"):
     def ref(x):
-        out = np.tanh(x)
-        lo = 0
-        for size, gate in zip(sizes, sigmoid):
-            if gate:
-                out[..., lo : lo + size] = _sigmoid(2.0 * x[..., lo : lo + size])
-            lo += size
+        out = np.empty_like(x)
+        for lo, size, gate in zip(np.cumsum([0, *sizes[:-1]]), sizes, sigmoid):
+            z = x[..., lo : lo + size] / _GATE_INPUT[form, gate]
+            out[..., lo : lo + size] = _sigmoid(z) if gate else np.tanh(z)
         return out
 
     return ref
 
 
-for label, shape, sizes, sigmoid in [
-    ("lstm", (2, 8), [6, 2], [True, False]),  # the tanh form (few elements)
-    ("between", (2, 3, 7), [2, 2, 1, 2], [True, False, True, False]),
-    ("runs", (2, 7), [2, 1, 3, 1], [True, True, False, False]),
-    ("all_sigmoid", (3, 4), [4], [True]),
-    ("exp_form", (3, 1000), [750, 250], [True, False]),  # through exp (large)
-    ("exp_between", (3, 1000), [250, 250, 250, 250], [False, True, False, True]),
+for label, shape, sizes, sigmoid, form in [
+    ("lstm", (2, 8), [6, 2], [True, False], "tanh"),  # through tanh (few elements)
+    ("between", (2, 3, 7), [2, 2, 1, 2], [True, False, True, False], "tanh"),
+    ("runs", (2, 7), [2, 1, 3, 1], [True, True, False, False], "tanh"),
+    ("all_sigmoid", (3, 4), [4], [True], "tanh"),
+    ("large", (3, 1000), [750, 250], [True, False], "tanh"),  # through exp (large)
+    ("large_between", (3, 1000), [250, 250, 250, 250], [False, True, False, True], "tanh"),
+    ("exp_form", (2, 8), [6, 2], [True, False], "exp"),
+    ("exp_between", (2, 3, 7), [2, 2, 1, 2], [False, True, False, True], "exp"),
 ]:
     case(
         "gate_activation",
         [A(shape, gen=uniform(-4, 4))],
-        _gates(sizes, sigmoid),
+        _gates(sizes, sigmoid, form),
         label,
-        attrs={"sizes": sizes, "sigmoid": sigmoid},
+        attrs={"sizes": sizes, "sigmoid": sigmoid, "form": form},
     )
 
 

@@ -129,14 +129,25 @@ def test_through_the_pipeline_the_scaling_leaves_the_loop_and_gradients_agree():
 
 
 @pytest.mark.parametrize(
-    "dtype, H, B, rtol",
-    [("float64", 64, 4, 1e-13), ("float32", 64, 16, 2e-5)],  # B * 3H at the exp form's sizes
+    "dtype, H, B, form, rtol",
+    [
+        ("float64", 192, 2, "exp", 1e-13),  # gates 576 wide: exp folded into the weights
+        ("float32", 683, 1, "exp", 2e-5),
+        ("float32", 64, 16, "tanh", 2e-5),  # folded for tanh; through exp at this batch
+    ],
 )
-def test_large_gates_through_exp_give_the_same_results(dtype, H, B, rtol):
+def test_wide_gates_through_exp_give_the_same_results(dtype, H, B, form, rtol):
     g = gated_loop(H=H, dtype=dtype, variant="split")
     fast = rg.compile(g, ["hs", "loss"], loss="loss")
     plain = rg.compile(g, ["hs", "loss"], loss="loss", optimize=False)
-    assert any("gate_activation" in ops(n.bodies["body"]) for n in fast.ir.nodes if n.op == "scan")
+    (gate,) = [
+        n
+        for scan in fast.ir.nodes
+        if scan.op == "scan"
+        for n in scan.bodies["body"].nodes
+        if n.op == "gate_activation"
+    ]
+    assert gate.attrs.get("form", "tanh") == form  # the default is not written
     feeds, params = feeds_for(H=H, T=3, B=B, dtype=dtype), params_for(H=H, dtype=dtype)
     params["W"] *= 0.1
     want, got = plain.run(feeds, params), fast.run(feeds, params)

@@ -8,7 +8,7 @@ broadcast cotangents are reduced to the input shapes by the autodiff driver.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
@@ -161,11 +161,20 @@ class GateAttrs(Attrs):
     # Widths of consecutive column blocks of the last axis, and which are sigmoid gates.
     sizes: list[int]
     sigmoid: list[bool]
+    # What the input holds: "tanh", z / 2 on sigmoid blocks and z on the others;
+    # "exp", -z on sigmoid blocks and -2 z on the others.
+    form: Literal["tanh", "exp"] = "tanh"
 
 
 # Sizes from which exp is cheaper than tanh in all (numpy's float64 tanh is not vectorised).
 _EXP_FROM = {np.dtype(np.float64): 512, np.dtype(np.float32): 2048}
 _EXP_CAP = {np.dtype(np.float64): 700.0, np.dtype(np.float32): 80.0}
+
+
+def gate_form(dtype: str, width: int) -> str:
+    """The form to fold into the weights for gates ``width`` wide: ``"exp"`` when every
+    call (``width`` times the batch) is large enough for exp to be the cheaper one."""
+    return "exp" if width >= _EXP_FROM[np.dtype(dtype)] else "tanh"
 
 
 def _runs(a: GateAttrs, kind: bool) -> list[tuple[Any, slice]]:
@@ -184,13 +193,15 @@ def _runs(a: GateAttrs, kind: bool) -> list[tuple[Any, slice]]:
 
 @register
 class GateActivation(Op):
-    """``tanh(x)`` on the last axis' column blocks marked ``sigmoid`` false, and
-    ``(1 + tanh(x)) / 2 = sigmoid(2 x)`` on the others.
+    """``sigmoid(z)`` on the last axis' column blocks marked ``sigmoid``, ``tanh(z)`` on
+    the others, from the input ``form``: ``"tanh"`` holds ``z / 2`` on sigmoid blocks
+    (``sigmoid(z) = (1 + tanh(z / 2)) / 2``) and ``z`` on the others; ``"exp"`` holds
+    ``-z`` (``sigmoid(z) = 1 / (1 + exp(-z))``) and ``-2 z`` (``tanh(z) = 2 sigmoid(2 z) - 1``).
 
-    The gates of an LSTM or a GRU in one call: ``merge_activations`` halves the sigmoid
-    gates' pre-activations in the weights, so one ``tanh`` covers every gate. Large
-    arrays go through ``1 / (1 + exp(-2 x))`` instead (``exp`` is faster per element);
-    either way the error is a few ulps of 1, absolute.
+    The gates of an LSTM or a GRU in one call: ``merge_activations`` folds the scaling
+    into the weights, so one ``tanh`` or one ``exp`` covers every gate. Large arrays in
+    the tanh form go through ``exp`` too (faster per element); the error is a few ulps
+    of 1, absolute.
     """
 
     name = "gate_activation"
@@ -213,6 +224,7 @@ class GateActivation(Op):
 
     def kernel(self, a, ctx):
         gates, cells = _runs(a, True), _runs(a, False)
+        tanh_form = a.form == "tanh"
         constants: dict[np.dtype, tuple[np.ndarray, ...]] = {}
 
         def activate(x, out=None):
@@ -225,18 +237,19 @@ class GateActivation(Op):
             half, one, two, minus_two, cap = c
             if out is None:
                 out = np.empty_like(x)
-            if x.size < _EXP_FROM[dtype]:
+            if tanh_form and x.size < _EXP_FROM[dtype]:
                 np.tanh(x, out)
                 for r in gates:
                     part = out[r]
                     np.multiply(part, half, part)
                     np.add(part, half, part)
                 return out
-            np.multiply(x, minus_two, out)
-            np.minimum(out, cap, out=out)  # exp(700) is finite; the result is 0 either way
+            if tanh_form:
+                x = np.multiply(x, minus_two, out)  # the exp form's input
+            np.minimum(x, cap, out=out)  # exp(700) is finite; the result is 0 either way
             np.exp(out, out)
             np.add(out, one, out)
-            np.reciprocal(out, out)  # sigmoid(2 x) everywhere
+            np.reciprocal(out, out)  # sigmoid(z) everywhere, sigmoid(2 z) on tanh blocks
             for r in cells:
                 part = out[r]
                 np.multiply(part, two, part)
@@ -246,11 +259,13 @@ class GateActivation(Op):
         return activate
 
     def vjp(self, g, a, ins, outs, cts):
-        # tanh' = 1 - out^2; sigmoid(2x)' = 2 out (1 - out) = (1 - out^2) - (1 - out)^2.
+        # In the tanh form, tanh' = 1 - out^2 and (sigmoid(2 u))' = 2 out (1 - out), which
+        # is (1 - out^2) - (1 - out)^2; the exp form's input is -2 u.
         out = outs[0]
         mask = np.repeat(np.array(a.sigmoid, ins[0].dtype), a.sizes)
         rest = 1.0 - out
-        return [cts[0] * ((1.0 - out * out) - g.const(mask) * (rest * rest))]
+        slope = (1.0 - out * out) - g.const(mask) * (rest * rest)
+        return [cts[0] * (slope if a.form == "tanh" else slope * -0.5)]
 
 
 class CastAttrs(Attrs):

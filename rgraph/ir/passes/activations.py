@@ -2,10 +2,12 @@
 
 An LSTM step applies ``sigmoid`` to three column blocks of its stacked pre-activations
 ``z = x_t + h @ W`` and ``tanh`` to the fourth. Since ``sigmoid(z) = (1 + tanh(z / 2)) / 2``,
-halving the sigmoid columns lets one ``tanh`` cover them all (op ``gate_activation``),
-and the halving costs nothing per step: ``(x_t + h @ W) * s = x_t * s + h @ (W * s)``,
-where ``W * s`` is loop-invariant and ``x_t * s`` per-step, both moved out of the loop by
-``hoist``. Scaling by 1/2 is exact, so only the activations' last bits change.
+halving the sigmoid columns lets one ``tanh`` cover them all (op ``gate_activation``);
+for wide gates, where ``exp`` is the cheaper call, ``sigmoid(z) = 1 / (1 + exp(-z))``
+and ``tanh(z) = 2 sigmoid(2 z) - 1`` let one ``exp`` of ``-z`` and ``-2 z`` cover them.
+The scaling costs nothing per step: ``(x_t + h @ W) * s = x_t * s + h @ (W * s)``, where
+``W * s`` is loop-invariant and ``x_t * s`` per-step, both moved out of the loop by
+``hoist``. Scaling by powers of two is exact, so only the activations' last bits change.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 
 from rgraph.ir.graph import Const, GraphIR, Node, Var
 from rgraph.ir.op import get_op, normalize_axis
+from rgraph.ir.ops.elementwise import gate_form
 from rgraph.ir.passes.merge import FreshNames, make_node
 from rgraph.ir.passes.prune import prune
 from rgraph.ir.passes.schedule import schedule
@@ -172,11 +175,13 @@ class _Rewriter:
         t = self.types[z]
         sigmoid = [act.op == "sigmoid" for _, _, act in blocks]
         sizes = [hi - lo for lo, hi, _ in blocks]
-        scale = np.repeat(np.where(sigmoid, 0.5, 1.0).astype(t.np_dtype), sizes)
+        form = gate_form(t.dtype, t.shape[-1])
+        factors = (0.5, 1.0) if form == "tanh" else (-1.0, -2.0)  # sigmoid, tanh blocks
+        scale = np.repeat(np.where(sigmoid, *factors).astype(t.np_dtype), sizes)
         u = self._scaled(z, scale)
         loc = blocks[0][2].loc
         outs = tuple(act.outputs[0] for _, _, act in blocks)
-        attrs = {"sizes": sizes, "sigmoid": sigmoid}
+        attrs = {"sizes": sizes, "sigmoid": sigmoid, "form": form}
         if len(blocks) == 1:
             self.added.append(make_node("gate_activation", (u,), outs, attrs, loc))
         else:
