@@ -93,29 +93,3 @@ def test_a_reshape_of_a_reshape_is_one_reshape():
     got = same_results(before, after, feeds)
     np.testing.assert_array_equal(got["z"], feeds["x"].reshape(2, 3, 2).transpose(0, 2, 1))
 
-
-def test_a_transposed_matrix_times_a_constant_vector_is_computed_in_the_matrix_order():
-    g = rg.Graph("scaled")
-    w = g.input("w", (6, 4))
-    wt = g.transpose(w)
-    scale = np.array([0.5, 1.0, 0.5, 2.0, 1.0, 0.25])
-    g.output(g.eltmul(wt, g.const(scale)), name="ws")
-    g.output(g.tanh(wt), name="other")  # the transpose has another use: it stays
-    before = g.ir
-    after = fold_transposes(before)
-    (mul,) = [n for n in after.nodes if n.op == "eltmul"]
-    assert mul.inputs[0] == "w" and ops(after).count("transpose") == 2
-    feeds = {"w": RNG.normal(size=(6, 4))}
-    got = same_results(before, after, feeds)
-    np.testing.assert_array_equal(got["ws"], feeds["w"].T * scale)
-    assert got["ws"].base is not None and got["ws"].T.flags.c_contiguous
-
-
-@pytest.mark.parametrize("why", ["not_constant", "matrix_constant"])
-def test_a_transposed_matrix_times_other_values_stays(why):
-    g = rg.Graph("scaled_stays")
-    w = g.input("w", (6, 4))
-    other = g.input("v", (6,)) if why == "not_constant" else g.const(RNG.normal(size=(4, 6)))
-    g.output(g.eltmul(g.transpose(w), other), name="ws")
-    before = g.ir
-    assert fold_transposes(before) is before

@@ -16,6 +16,7 @@ from rgraph.ir.passes import (
     autodiff,
     contract,
     cse,
+    fold_scales,
     fold_transposes,
     forward_identities,
     hoist,
@@ -238,5 +239,6 @@ def _compile(graph, outputs, loss, wrt, cotangents, optimize, check_finite) -> P
                 stages["pack_hoisted"] = ir = pack_loop_io(ir)
                 stages["merge_hoisted_pieces"] = ir = merge_pieces(ir)
             stages["fold_transposes"] = ir = fold_transposes(ir)
+            stages["fold_scales"] = ir = fold_scales(ir)
         stages["prune_after_cse"] = ir = prune(ir)
     return Program(stages, names, targets, cot, check_finite)

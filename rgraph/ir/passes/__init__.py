@@ -11,6 +11,7 @@ from rgraph.ir.passes.loop_io import pack_loop_io
 from rgraph.ir.passes.merge import merge_matmuls
 from rgraph.ir.passes.pieces import merge_pieces
 from rgraph.ir.passes.prune import prune
+from rgraph.ir.passes.scales import fold_scales
 from rgraph.ir.passes.schedule import schedule
 from rgraph.ir.passes.sink import sink
 from rgraph.ir.passes.transposes import fold_transposes
@@ -19,6 +20,7 @@ __all__ = [
     "autodiff",
     "contract",
     "cse",
+    "fold_scales",
     "fold_transposes",
     "forward_identities",
     "hoist",

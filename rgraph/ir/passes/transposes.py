@@ -25,8 +25,6 @@ def fold_transposes(graph: GraphIR) -> GraphIR:
     - ``transpose(matmul(a, b))``: ``matmul(b, a)`` with the transpose flags swapped and
       flipped (``(a^T b)^T = b^T a``);
     - ``reshape(reshape(x))``: one reshape, or ``x`` itself if of its shape;
-    - ``eltmul(transpose(x), c)`` with ``c`` a constant vector: the transpose of ``x``
-      times ``c`` as a column (the weights' gate scaling reads and writes in order);
 
     each only where the transposed value has no other use (else both would be made).
     """
@@ -95,27 +93,6 @@ def _fold_once(graph: GraphIR) -> GraphIR | None:
             )
             removed.add(id(source))
             removed.update(id(p[0]) for p in pieces)
-    consts = {c.name for c in graph.consts}
-    for n in graph.nodes:  # eltmul(transpose(x), c): transpose(eltmul(x, c as a column))
-        if n.op != "eltmul" or id(n) in removed:
-            continue
-        t, c = n.inputs
-        source = producer.get(t)
-        if source is None or source.op != "transpose" or not swaps(source) or c not in consts:
-            continue
-        if types[c].rank != 1 or n.outputs[0].type != types[t]:
-            continue
-        column = construct(
-            Var, name=names.fresh("transposed"), type=types[c].with_shape((types[c].shape[0], 1))
-        )
-        added.append(
-            make_node("reshape", (c,), (column,), {"shape": list(column.type.shape)}, n.loc)
-        )
-        x = source.inputs[0]
-        product = construct(Var, name=names.fresh("transposed"), type=types[x])
-        added.append(make_node("eltmul", (x, column.name), (product,), {}, n.loc))
-        added.append(make_node("transpose", (product.name,), n.outputs, {}, n.loc))
-        removed.add(id(n))
     for n in graph.nodes:  # reshape(reshape(x))
         if n.op != "reshape" or id(n) in removed:
             continue

@@ -1,0 +1,126 @@
+"""Products by constant vectors moved onto the smallest operand that makes their input.
+
+``merge_activations`` scales the gates' pre-activations by a constant per column; for
+the per-step inputs that is ``(x @ W + b) * s``, a product over every step, batch row and
+gate. Moved into the weights, ``x @ (W * s) + b * s`` scales a matrix and a vector, and a
+transposed weight is scaled in its own memory order.
+"""
+
+from __future__ import annotations
+
+import math
+
+from rgraph.ir.graph import Const, GraphIR, Node, Var
+from rgraph.ir.op import get_op
+from rgraph.ir.passes.merge import FreshNames, make_node
+from rgraph.ir.passes.prune import prune
+from rgraph.ir.passes.schedule import schedule
+from rgraph.ir.types import construct
+
+
+def fold_scales(graph: GraphIR) -> GraphIR:
+    """Move each product by a constant vector ``c`` (along the last axis) into what
+    makes its other operand (loop bodies too):
+
+    - ``add(a, b) * c`` is ``a * c + b * c`` (each term then moves on);
+    - ``matmul(x, W) * c`` is ``matmul(x, W * c)`` (``c`` as a column for
+      ``transpose_b``) when ``W`` is a matrix smaller than the product;
+    - ``transpose(W) * c`` is ``transpose(W * c as a column)``, read in order;
+
+    the first two only where the scaled value has no other use.
+    """
+    nodes = [n.map_bodies(fold_scales) for n in graph.nodes]
+    current = graph.replace(nodes=tuple(nodes)) if nodes != list(graph.nodes) else graph
+    if "eltmul" not in current.ops() or not current.consts:
+        return current
+    for _ in range(6):  # each rule exposes the next: add, then matmul, then transpose
+        folded = _fold_once(current)
+        if folded is None:
+            break
+        current = folded
+    return current
+
+
+def _fold_once(graph: GraphIR) -> GraphIR | None:
+    types = graph.types()
+    names = FreshNames(types)
+    producer = {o.name: n for n in graph.nodes for o in n.outputs}
+    uses = graph.use_counts()
+    consts = {c.name for c in graph.consts}
+    removed: set[int] = set()
+    added: list[Node] = []
+
+    def fresh(t) -> Var:
+        return construct(Var, name=names.fresh("scaled"), type=t)
+
+    def node(op: str, inputs: tuple, t, loc, attrs=None) -> str:
+        out = fresh(t)
+        added.append(make_node(op, inputs, (out,), dict(attrs or {}), loc))
+        return out.name
+
+    columns: dict[str, Const] = {}
+
+    def column(c: str) -> str:
+        """Constant ``c`` as a column: a new constant, no node to run."""
+        if c not in columns:
+            t = types[c]
+            data = next(k.data for k in graph.consts if k.name == c)
+            columns[c] = construct(
+                Const, name=names.fresh("scale"), type=t.with_shape((t.shape[0], 1)), data=data
+            )
+        return columns[c].name
+
+    for n in graph.nodes:
+        if n.op != "eltmul" or n.inputs[1] not in consts:
+            continue
+        v, c = n.inputs
+        src = producer.get(v)
+        if src is None or id(src) in removed or types[c].rank != 1:
+            continue
+        width = types[c].shape[0]
+        if n.outputs[0].type != types[v] or types[v].shape[-1] != width:
+            continue
+        single = uses.get(v) == 1
+        if src.op == "add" and single:
+            terms = list(src.inputs)
+            if not all(types[i].rank >= 1 and types[i].shape[-1] == width for i in terms):
+                continue
+            scaled = tuple(node("eltmul", (i, c), types[i], n.loc) for i in terms)
+            added.append(make_node("add", scaled, n.outputs, {}, src.loc))
+        elif src.op == "matmul" and single:
+            a = get_op("matmul").node_attrs(src)
+            x, w = src.inputs
+            if a.transpose_a or types[w].rank != 2 or not _smaller(types[w], types[v]):
+                continue
+            factor = column(c) if a.transpose_b else c
+            scaled_w = node("eltmul", (w, factor), types[w], n.loc)
+            added.append(make_node("matmul", (x, scaled_w), n.outputs, dict(src.attrs), src.loc))
+        elif src.op == "transpose" and _swaps(src, types):
+            x = src.inputs[0]
+            scaled_x = node("eltmul", (x, column(c)), types[x], n.loc)
+            added.append(make_node("transpose", (scaled_x,), n.outputs, {}, n.loc))
+        else:
+            continue
+        removed.add(id(n))
+        if single:
+            removed.add(id(src))
+    if not removed:
+        return None
+    kept = [n for n in graph.nodes if id(n) not in removed] + added
+    all_consts = (*graph.consts, *columns.values())
+    return prune(schedule(graph.replace(nodes=tuple(kept), consts=all_consts)))
+
+
+def _swaps(n: Node, types) -> bool:
+    perm = get_op("transpose").node_attrs(n).perm
+    return types[n.inputs[0]].rank == 2 and (perm is None or list(perm) == [1, 0])
+
+
+def _smaller(w, product) -> bool:
+    """Whether matrix ``w`` has fewer elements than ``product``: surely when the product
+    has symbolic dims (steps, batch) and ``w`` none, else by count."""
+    if not all(isinstance(d, int) for d in w.shape):
+        return False
+    if not all(isinstance(d, int) for d in product.shape):
+        return True
+    return math.prod(w.shape) < math.prod(product.shape)
