@@ -358,3 +358,66 @@ def test_loops_and_graphs_without_nodes_run():
     h = rg.Graph("identity_only")
     h.output(h.input("x", (2,)), name="x")
     np.testing.assert_array_equal(rg.Interpreter(h.ir).run({"x": x[0]})["x"], x[0])
+
+
+# --- concats whose inputs are written straight into their array -------------------------
+
+
+def concat_graph(axis: int, why: str | None = None) -> rg.Graph:
+    """``concat(a * b, tanh(c), x)``: two inputs made for the concat alone, one fed."""
+    g = rg.Graph("joined")
+    a, b, c = (g.input(n, ("T", 3)) for n in "abc")
+    x = g.input("x", ("T", 3))
+    prod, t = a * b, g.tanh(c)
+    parts = [prod, t, x]
+    if why == "used_twice":
+        g.output(prod + 1.0, name="other")
+    if why == "output":
+        g.output(t, name="t")
+    if why == "same_input":
+        parts = [prod, t, prod]
+    if why == "reversed":  # the array must exist before the first made, not the first read
+        parts = [t, prod, x]
+    g.output(g.concat(*parts, axis=axis), name="y")
+    return g
+
+
+def concat_feeds(T: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(T)
+    return {n: rng.standard_normal((T, 3)) for n in "abcx"}
+
+
+def concat_want(f: dict[str, np.ndarray], axis: int, why: str | None) -> np.ndarray:
+    parts = [f["a"] * f["b"], np.tanh(f["c"]), f["x"]]
+    if why == "same_input":
+        parts[2] = parts[0]
+    if why == "reversed":
+        parts[:2] = parts[1::-1]
+    return np.concatenate(parts, axis=axis)
+
+
+@pytest.mark.parametrize("axis", [0, 1, -1])
+@pytest.mark.parametrize("why", [None, "used_twice", "output", "same_input", "reversed"])
+def test_values_made_for_a_concat_alone_are_written_into_its_array(axis, why):
+    ir = concat_graph(axis, why).ir
+    interp = rg.Interpreter(ir)
+    names = {ir.nodes[i].outputs[0].name for i in interp._joined}
+    made = {n.op: n.outputs[0].name for n in ir.nodes}
+    want_joined = {
+        "eltmul": {made["eltmul"], made["tanh"]},
+        "used_twice": {made["tanh"]},
+        "output": {made["eltmul"]},
+        "same_input": {made["tanh"]},
+    }
+    assert names == want_joined["eltmul" if why in (None, "reversed") else why]
+    kept = []
+    for T in (4, 2, 4):  # bindings change; earlier results stay as they were
+        feeds = concat_feeds(T)
+        out = interp.run(feeds)
+        np.testing.assert_array_equal(out["y"], concat_want(feeds, axis, why))
+        kept.append((out["y"], concat_want(feeds, axis, why)))
+    for got, want in kept:
+        np.testing.assert_array_equal(got, want)
+    debug = rg.Interpreter(ir, check_finite=True)
+    assert not debug._joined  # debug mode checks every value: no unset array
+    np.testing.assert_array_equal(debug.run(concat_feeds(3))["y"], interp.run(concat_feeds(3))["y"])

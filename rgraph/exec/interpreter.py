@@ -64,6 +64,7 @@ class Interpreter:
             for c in graph.consts
         ]
         self._last_use = self._plan_frees()
+        self._joined, self._joins = self._plan_joins()
         used = self._read | set(graph.outputs)  # read by a node, or an output
         # Inputs whose dims are plain names bind them before product dims are checked.
         self.inputs = sorted(
@@ -127,24 +128,119 @@ class Interpreter:
                         kernel = op.kernel(op.node_attrs(node), ctx)
                         if not op.uses_dims:
                             self._kernels[i] = kernel
-                    if not self.loop_body and op.writes_out and len(node.outputs) == 1:
+                    top = not self.loop_body and i not in self._joined  # (joined: see below)
+                    if top and op.writes_out and len(node.outputs) == 1:
                         kernel = self._in_arena(kernel, node.outputs[0].type, binding)
-                except KeyError as e:
-                    raise ExecutionError(
-                        f"{_describe(node)} needs dim {e} which no input binds"
-                        f" (bound: {dict(binding) or 'none'})"
-                    ) from None
-                steps.append(
-                    Step(
+                    step = Step(
                         kernel=kernel,
                         inputs=tuple(self.slot[n] for n in node.inputs),
                         outputs=tuple(self.slot[o.name] for o in node.outputs),
                         free=self._last_use[i],
                         node=i,
                     )
-                )
+                    if i in self._joins:
+                        steps.append(self._allocation(self._joins[i], binding))
+                    if i in self._joined or i in self._joins.values():
+                        step = self._in_place(step, binding)
+                except KeyError as e:
+                    raise ExecutionError(
+                        f"{_describe(node)} needs dim {e} which no input binds"
+                        f" (bound: {dict(binding) or 'none'})"
+                    ) from None
+                steps.append(step)
             self._prepared[key] = steps
         return steps
+
+    def _plan_joins(self) -> tuple[dict[int, int], dict[int, int]]:
+        """Concats whose inputs are written straight into the concat's array: node
+        index -> concat index for each such input's maker, and the index of the first
+        maker -> its concat (the array is allocated before it runs).
+
+        A maker qualifies when it writes ``out=`` and its value is read by nothing but
+        the concat (not even as an output): the value then lives only in the array, and
+        the concat copies only its other inputs. Top-level graphs only (a loop body's
+        values are planned by its loop), and not in debug mode, which checks every value
+        (the array is unset until its pieces are written).
+        """
+        if self.loop_body or self.check_finite:
+            return {}, {}
+        nodes = self.graph.nodes
+        uses = self.graph.use_counts()
+        maker = {o.name: i for i, n in enumerate(nodes) for o in n.outputs}
+        joined: dict[int, int] = {}
+        first: dict[int, int] = {}
+        for c, node in enumerate(nodes):
+            if node.op != "concat":
+                continue
+            for name in node.inputs:
+                i = maker.get(name)
+                if i is None or uses.get(name) != 1:
+                    continue
+                made = nodes[i]
+                if len(made.outputs) == 1 and not made.bodies and get_op(made.op).writes_out:
+                    joined[i] = c
+                    first[c] = min(first.get(c, i), i)  # the array exists before any runs
+        return joined, {i: c for c, i in first.items()}
+
+    def _pieces(self, c: int, binding: Mapping[str, int]) -> tuple[tuple, list[tuple]]:
+        """The shape of concat ``c``'s array and the index of each input in it."""
+        node, types = self.graph.nodes[c], self.graph.types()
+        out = node.outputs[0].type
+        axis = get_op("concat").node_attrs(node).axis % out.rank
+        index, start = [], 0
+        for name in node.inputs:
+            size = dims.evaluate(types[name].shape[axis], binding)
+            index.append((*(slice(None),) * axis, slice(start, start + size)))
+            start += size
+        return tuple(dims.evaluate(d, binding) for d in out.shape), index
+
+    def _allocation(self, c: int, binding: Mapping[str, int]) -> Step:
+        """The step making concat ``c``'s array, into the concat's own slot."""
+        shape, _ = self._pieces(c, binding)
+        dtype, empty = self.graph.nodes[c].outputs[0].type.np_dtype, self.empty
+        slot = self.slot[self.graph.nodes[c].outputs[0].name]
+        return Step(kernel=lambda: empty(shape, dtype), inputs=(), outputs=(slot,), free=(), node=c)
+
+    def _in_place(self, step: Step, binding: Mapping[str, int]) -> Step:
+        """A maker writing into its slice of the concat's array, or the concat copying
+        in only its other inputs."""
+        node = self.graph.nodes[step.node]
+        c = self._joined.get(step.node)
+        if c is not None:  # a maker: out= its slice; its own value is read no more
+            concat = self.graph.nodes[c]
+            _, index = self._pieces(c, binding)
+            where = index[concat.inputs.index(node.outputs[0].name)]
+            kernel = step.kernel
+            array = self.slot[concat.outputs[0].name]
+            return Step(
+                kernel=lambda *args: kernel(*args[:-1], out=args[-1][where]),
+                inputs=(*step.inputs, array),
+                outputs=step.outputs,
+                free=(*step.free, *step.outputs),
+                node=step.node,
+            )
+        _, index = self._pieces(step.node, binding)
+        made = {
+            self.slot[self.graph.nodes[i].outputs[0].name]
+            for i, joined in self._joined.items()
+            if joined == step.node
+        }
+        rest = [(s, where) for s, where in zip(step.inputs, index) if s not in made]
+        wheres = [where for _, where in rest]
+
+        def fill(*args):
+            array = args[-1]
+            for value, where in zip(args, wheres):
+                array[where] = value
+            return array
+
+        return Step(
+            kernel=fill,
+            inputs=(*(s for s, _ in rest), *step.outputs),
+            outputs=step.outputs,
+            free=tuple(f for f in step.free if f not in made),
+            node=step.node,
+        )
 
     def _in_arena(self, kernel: Any, t: TensorType, binding: Mapping[str, int]) -> Any:
         """``kernel`` writing its value into the arena, if the value is large."""

@@ -69,8 +69,10 @@ class Matmul(Op):
             if tb:
                 y = y.swapaxes(-1, -2)
             if y.ndim == 2:
-                if x.ndim == 2:
-                    return np.dot(x, y, out=out)  # numpy's cheapest call for one product
+                if x.ndim == 2:  # numpy's cheapest call for one product (out: C-ordered)
+                    if out is None or out.flags.c_contiguous:
+                        return np.dot(x, y, out=out)
+                    return _into(out, np.dot(x, y))
                 # A stack of rows times one matrix is one product: numpy would make one
                 # BLAS call per batch entry (T calls of (1, k) @ (k, n) at batch 1).
                 rows = x.reshape(-1, x.shape[-1])
