@@ -1002,6 +1002,64 @@ def test_gradients_that_are_strided_views(make):
             assert same_bits(grads[name], before[name]), name
 
 
+@pytest.mark.parametrize("make", FLAT_OPTIMISERS)
+def test_gradients_that_are_views_of_one_buffer(make):
+    # As the interpreter gives those of stacked weights: row blocks of one buffer, apart
+    # from what the step writes however many share it. Among them at step 3, the gradient
+    # of "x" is the memory of parameter "w0", which the step updates before it reads that
+    # gradient: that step goes one parameter after the other, the others at once.
+    rng = np.random.default_rng(37)
+    start = rng.normal(size=(20, 5))
+    stores = []
+    for buf in (start.copy(), start.copy()):
+        store = {f"w{i}": buf[4 * i : 4 * i + 4] for i in range(4)}
+        store["x"] = buf[16:]
+        stores.append((buf, store))
+    (buf, params), (ref_buf, ref_params) = stores
+    opt = make()
+    ref = PerParameter(opt)
+    for step in range(1, 6):
+        stack = rng.normal(0.0, 3.0, size=(20, 5))
+        grads = {name: stack[4 * i : 4 * i + 4] for i, name in enumerate(params)}
+        ref_grads = dict(grads)
+        if step == 3:
+            grads["x"], ref_grads["x"] = buf[:4], ref_buf[:4]
+        stats = opt.step(params, grads)
+        expected = ref.step(ref_params, ref_grads)
+        assert_same_as_reference(opt, ref, params, ref_params, stats, expected, f"step {step}")
+        assert same_bits(buf, ref_buf), step
+        assert (opt._layout is None) == (step == 3), step
+
+
+@pytest.mark.parametrize("make", FLAT_OPTIMISERS)
+def test_memory_that_no_array_owns(make):
+    # Parameters and gradients in bytearrays (np.frombuffer): whether memory is shared is
+    # then told by byte ranges alone. At step 3 the gradient of "b" lies in the parameters'
+    # bytearray, apart from them; at step 4 it is parameter "a", updated before it is read.
+    rng = np.random.default_rng(38)
+    start = rng.normal(size=60)
+    stores = []
+    for _ in range(2):
+        buf = np.frombuffer(bytearray(start.tobytes()), np.float64)
+        stores.append((buf, {"a": buf[:20].reshape(4, 5), "b": buf[20:40].reshape(4, 5)}))
+    (buf, params), (ref_buf, ref_params) = stores
+    opt = make()
+    ref = PerParameter(opt)
+    for step in range(1, 6):
+        other = np.frombuffer(bytearray(rng.normal(0.0, 3.0, size=40).tobytes()), np.float64)
+        grads = {"a": other[:20].reshape(4, 5), "b": other[20:].reshape(4, 5)}
+        ref_grads = dict(grads)
+        if step == 3:
+            grads["b"], ref_grads["b"] = buf[40:].reshape(4, 5), ref_buf[40:].reshape(4, 5)
+        if step == 4:
+            grads["b"], ref_grads["b"] = buf[:20].reshape(4, 5), ref_buf[:20].reshape(4, 5)
+        stats = opt.step(params, grads)
+        expected = ref.step(ref_params, ref_grads)
+        assert_same_as_reference(opt, ref, params, ref_params, stats, expected, f"step {step}")
+        assert same_bits(buf, ref_buf), step
+        assert (opt._layout is None) == (step == 4), step
+
+
 def edge_grads(params, step):
     """Gradients around RMSProp's clipval 5: exactly +-5 and the floats next to it, +-inf,
     large values, and at step 2 a NaN in a gradient that also has elements to clip; at step

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import bisect
 import functools
-import itertools
 import math
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -270,13 +269,6 @@ _BIG_BYTES = 1 << 16
 # MB); smaller pieces would cost more calls than they save.
 _PIECE_BYTES = 1 << 20
 
-# What a step's checks read of each parameter and gradient (an attrgetter in map runs in C,
-# a fraction of the cost of a Python loop).
-_PARAM = operator.attrgetter("shape", "strides", "dtype", "flags.writeable")
-_GRAD = operator.attrgetter("shape", "dtype")
-_SHAPE = operator.attrgetter("shape")
-_C_CONTIGUOUS = operator.attrgetter("flags.c_contiguous")
-
 
 def _bytes(a: np.ndarray) -> memoryview:
     """The memory of C-contiguous ``a`` as a 1-d memoryview of bytes: ``m[:] = other`` is a
@@ -284,58 +276,46 @@ def _bytes(a: np.ndarray) -> memoryview:
     return memoryview(a.reshape(-1).view(np.uint8))
 
 
-def _row_dots(rows: np.ndarray, out: np.ndarray) -> Callable[[], Any]:
-    """A call that writes ``row.dot(row)`` of each row of ``rows`` (k, n) into ``out`` (k,).
-
-    Bit for bit that dot: for several rows one ``np.matmul`` of their (k, 1, n) and (k, n,
-    1) stacks, which NumPy computes with the same BLAS dot (its matmul hands a 1 x 1 result
-    to the dtype's dot), in one call instead of k.
-    """
-    if len(rows) == 1:
-        return functools.partial(rows[0].dot, rows[0], out=out.reshape(()))
-    return functools.partial(np.matmul, rows[:, None, :], rows[:, :, None], out=out[:, None, None])
-
-
 class _Group:
     """The parameters of one dtype in a :class:`_Layout`, their state and work buffers.
 
     The state of all of them is one buffer per slot (``opt.slots`` holds views of it), and a
     step copies all their gradients into one flat vector ``g`` in the same order: once, for
-    the norm and the update, which then read contiguous memory. The small C-contiguous
-    parameters are copied into a flat vector ``w`` (as bytes), updated there with
-    ``opt._update`` at once, and copied back; the others are updated in place, one by one.
-    The update rules are elementwise, so on a piece of a concatenation they compute what
-    they compute parameter by parameter, bit for bit. They compute in scratch arrays kept
-    from step to step, not in temporaries (big fresh memory comes with page faults, which
-    can cost more than the arithmetic on it).
-
-    Within each of the two kinds the parameters are in the flat vectors by size, so that
-    the gradients of one size are the rows of one matrix, whose squared norms (for the
-    global norm) take one call (:func:`_row_dots`).
+    the norm and the update, which then read contiguous memory (a gradient is often a
+    transposed view, some ten times slower to go through). The small C-contiguous
+    parameters are copied into a flat vector ``w``, updated there with ``opt._update`` at
+    once, and copied back, byte for byte through memoryviews (a third of the cost of numpy
+    copies); the others are updated in place, one by one. The update rules are elementwise,
+    so on a piece of a concatenation they compute what they compute parameter by parameter,
+    bit for bit. They compute in scratch arrays kept from step to step, not in temporaries
+    (big fresh memory comes with page faults, which can cost more than the arithmetic on it).
     """
 
-    __slots__ = ("copies", "g", "index", "pieces", "squares", "state", "views", "w", "wide")
+    __slots__ = ("copies", "g", "index", "pieces", "state", "vectors", "views", "w", "wide")
 
     def __init__(
         self,
         index: list[int],
         ws: list[np.ndarray],
         olds: Mapping[str, list[np.ndarray | None]],
-        dots: np.ndarray,
+        every: bool,
     ) -> None:
         """``index``: the positions in the step's order of this dtype's parameters ``ws``;
-        ``olds``: per slot, their state so far (None: none yet, zeros); ``dots``: where to
-        write the squared norms of their gradients, in the order of :attr:`index`."""
-        copied = [w.nbytes < _BIG_BYTES and w.flags.c_contiguous for w in ws]
-        order = sorted(range(len(ws)), key=lambda j: (not copied[j], ws[j].size))
-        dtype, n = ws[0].dtype, sum(w.size for w, c in zip(ws, copied) if c)
+        ``olds``: per slot, their state so far (None: none yet, zeros); ``every``: they are
+        all the step's parameters."""
+        copied = [j for j, w in enumerate(ws) if w.nbytes < _BIG_BYTES and w.flags.c_contiguous]
+        in_place = [j for j in range(len(ws)) if j not in copied]
+        order = copied + in_place  # of the flat vectors
+        dtype, n = ws[0].dtype, sum(ws[j].size for j in copied)
         total = sum(w.size for w in ws)
-        self.index = [index[j] for j in order]  # of the flat vectors' parameters
+        self.index = None if every and not in_place else [index[j] for j in order]
         self.w, self.g = np.empty(n, dtype), np.empty(total, dtype)  # flat copies
         self.wide = None if dtype == _F64 else np.empty(total, _F64)  # g for the norm
+        wide = self.g if self.wide is None else self.wide
         self.state = state = {slot: np.zeros(total, dtype) for slot in olds}
         self.views: list[dict[str, np.ndarray]] = [{} for _ in ws]  # slot -> state array
-        self.copies = []  # (piece of w, parameter), as bytes
+        self.vectors = {}  # position -> its gradient's piece of wide
+        self.copies = []  # (piece of w, copied parameter), as bytes
         runs = [(self.w, 0, n)]  # (what holds w, its range of the flat vectors)
         start = 0
         for j in order:
@@ -346,14 +326,12 @@ class _Group:
                 old = olds[slot][j]
                 if old is not None:
                     view[...] = old
-            if copied[j]:
+            self.vectors[index[j]] = wide[start:stop]
+            if stop <= n:
                 self.copies.append((_bytes(self.w[start:stop]), _bytes(w)))
             else:
                 runs.append((w, start, stop))
             start = stop
-        self.squares = self._squares(
-            [ws[j].size for j in order], self.g if self.wide is None else self.wide, dots
-        )
 
         # The update's pieces: runs of the flat w and of the other parameters in place.
         step = max(1, _PIECE_BYTES // dtype.itemsize)
@@ -379,27 +357,11 @@ class _Group:
             for w, lo, hi in cuts
         ]
 
-    @staticmethod
-    def _squares(sizes: list[int], wide: np.ndarray, dots: np.ndarray) -> list[Callable]:
-        """The calls writing the squared norms of the vectors of ``sizes`` that make up
-        ``wide`` into ``dots``: one per run of vectors of the same size."""
-        calls = []
-        start = at = 0
-        for size, run in itertools.groupby(sizes):
-            k = len(list(run))
-            rows = wide[start : start + k * size].reshape(k, size)
-            calls.append(_row_dots(rows, dots[at : at + k]))
-            start, at = start + k * size, at + k
-        return calls
-
     def gather(self, grads: Sequence[np.ndarray]) -> None:
         """Copy this group's gradients (of the step's ``grads``) into ``g``, and into
         ``wide`` in float64 for the norm if ``g`` is not float64."""
-        mine = [grads[i] for i in self.index]
-        if all(map(_C_CONTIGUOUS, mine)):  # a concatenation of views costs less
-            np.concatenate(list(map(np.ndarray.ravel, mine)), out=self.g)
-        else:
-            np.concatenate(mine, axis=None, out=self.g)
+        mine = grads if self.index is None else [grads[i] for i in self.index]
+        np.concatenate(mine, axis=None, out=self.g)
         if self.wide is not None:
             np.copyto(self.wide, self.g)
 
@@ -433,79 +395,46 @@ class _Layout:
     """
 
     __slots__ = (
-        "array_types",
-        "dots",
         "exact",
-        "grads",
         "groups",
         "his",
         "kinds",
         "los",
         "names",
-        "order",
         "owners",
         "params",
         "slot_names",
         "total",
+        "vectors",
         "views",
     )
 
     def norm(self) -> float:
         """:func:`_norm` of the gradients the groups gathered, bit for bit: the same dots of
-        the same values (in float64), summed in the step's order."""
-        for group in self.groups:
-            for square in group.squares:
-                square()
-        dots = self.dots.tolist()
+        the same values (in float64, in the step's order), without making copies."""
         total = 0.0
-        for i in self.order:
-            total += dots[i]
+        for vec in self.vectors:
+            total += float(vec.dot(vec))
         return math.sqrt(total)
 
-    def unchanged(self) -> bool:
-        """Whether the parameters still have their shapes, strides and dtypes and are
-        writeable (an array can change all four in place)."""
-        return tuple(map(_PARAM, self.params)) == self.kinds
+    def apart(self, g: np.ndarray, allocations: set[int]) -> bool:
+        """Whether gradient ``g`` surely shares no memory with what a step writes.
 
-    def gradients(self, grads: Iterable[Any]) -> list[np.ndarray] | None:
-        """``grads`` (in the step's order) as arrays of their parameters' dtypes, if each has
-        its parameter's shape and surely shares no memory with what the step writes; else
-        None."""
-        gs = list(grads)
-        if tuple(map(type, gs)) != self.array_types:
-            gs = [np.asarray(g) for g in gs]
-        if tuple(map(_GRAD, gs)) != self.grads:
-            if tuple(map(_SHAPE, gs)) != tuple(shape for shape, _ in self.grads):
-                return None
-            # (new arrays: nothing the step writes)
-            gs = [g if g.dtype == t else g.astype(t) for g, (_, t) in zip(gs, self.grads)]
-        return gs if self.all_apart(gs) else None
-
-    def all_apart(self, gs: list[np.ndarray]) -> bool:
-        """Whether :meth:`apart` holds for each of ``gs``; usually found from the arrays
-        owning their memory, each checked once (gradients are often views of a few
-        buffers)."""
+        ``allocations``: the ids of arrays this step found to own memory of their own (not
+        a parameter's or the state's), to which it adds; a gradient that is a view of one
+        of them needs no other look (gradients are often views of a few buffers).
+        """
         if not self.exact:
-            owners = [g if g.base is None else g.base for g in gs]
-            if all(map(self.allocated_apart, dict(zip(map(id, owners), owners)).values())):
+            if id(g.base) in allocations:
                 return True
-        return all(map(self.apart, gs))
-
-    def allocated_apart(self, owner: Any) -> bool:
-        """Whether ``owner``, which owns the memory of an array, is an allocation of its
-        own, not that of a parameter or of the state (unless :attr:`exact`, the parameters
-        lie within theirs)."""
-        return (
-            isinstance(owner, np.ndarray)
-            and owner.base is None
-            and id(owner) not in self.owners
-            and owner.flags.owndata
-        )
-
-    def apart(self, g: np.ndarray) -> bool:
-        """Whether gradient ``g`` surely shares no memory with what a step writes."""
-        if not self.exact and self.allocated_apart(_owner(g)):
-            return True
+            owner = _owner(g)
+            if (
+                isinstance(owner, np.ndarray)
+                and id(owner) not in self.owners
+                and owner.flags.owndata
+            ):
+                allocations.add(id(owner))
+                return True  # its own allocation, not that of a parameter or the state
         return not _hits(self.los, self.his, g)
 
     @classmethod
@@ -531,18 +460,13 @@ class _Layout:
         for i, w in enumerate(ws):
             by_dtype.setdefault(w.dtype, []).append(i)
         new: dict[str, list[Any]] = {slot: [None] * len(names) for slot in slot_names}
-        dots = np.empty(len(names))  # the gradients' squared norms, group after group
-        order = [0] * len(names)  # step's position -> its place in dots
         groups = []
         for index in by_dtype.values():
             olds = {slot: [tables[slot].get(names[i]) for i in index] for slot in slot_names}
-            at = sum(len(group.index) for group in groups)
-            group = _Group(index, [ws[i] for i in index], olds, dots[at : at + len(index)])
+            group = _Group(index, [ws[i] for i in index], olds, len(by_dtype) == 1)
             for j, i in enumerate(index):
                 for slot in slot_names:
                     new[slot][i] = group.views[j][slot]
-            for k, i in enumerate(group.index):
-                order[i] = at + k
             groups.append(group)
         buffers = [b for group in groups for b in group.state.values()]
         spans = _spans(ws + buffers)
@@ -553,12 +477,11 @@ class _Layout:
         layout = cls()
         layout.names = names
         layout.params = tuple(ws)
-        layout.kinds = tuple(map(_PARAM, ws))
-        layout.grads = tuple(map(_GRAD, ws))
-        layout.array_types = (np.ndarray,) * len(ws)
+        layout.kinds = tuple((w.shape, w.strides, w.dtype) for w in ws)
         layout.slot_names = slot_names
         layout.groups = groups
-        layout.dots, layout.order = dots, order
+        vectors = {i: vec for group in groups for i, vec in group.vectors.items()}
+        layout.vectors = [vectors[i] for i in range(len(names))]  # in the step's order
         layout.total = sum(w.size for w in ws)
         layout.owners = {id(o) for o in owners} | {id(b) for b in buffers}
         layout.exact = not all(
@@ -642,12 +565,12 @@ class Optimizer:
     parameter arrays and gradient names, shapes and dtypes (in the same order) as the last
     one skip most checks, not any whose failure would raise; the gradients and the small
     parameters are copied into flat vectors, updated there with the same elementwise rule
-    (the big parameters in place) and copied back, so the results are the bits of the
-    per-parameter update (see ``_Group``). When the set of parameters changes, their state
-    moves (the same values) to new buffers and ``slots`` holds new arrays: keep
-    ``opt.slots``, not its arrays, across steps. Steps where memory is shared (a gradient
-    that is a parameter, one array under two names) are done one parameter after the other,
-    as are those of subclasses with their own ``_update``.
+    (the big ones, and any not C-contiguous, in place) and copied back, so the results are
+    the bits of the per-parameter update (see ``_Group``). When the set of parameters
+    changes, their state moves (the same values) to new buffers and ``slots`` holds new
+    arrays: keep ``opt.slots``, not its arrays, across steps. Steps where memory is shared
+    (a gradient that is a parameter, one array under two names) are done one parameter
+    after the other, as are those of subclasses with their own ``_update``.
     """
 
     kind: ClassVar[str] = ""
@@ -805,9 +728,28 @@ class Optimizer:
                 table is None or not all(map(operator.is_, map(table.get, names), views))
             ):
                 return None
-        if not layout.unchanged():
-            return None
-        return layout.gradients(grads.values())
+        gs = []
+        owners, exact = layout.owners, layout.exact
+        allocations: set[int] = set()  # (of owners that gs keeps alive: ids stay unique)
+        for w, grad, (shape, strides, dtype) in zip(layout.params, grads.values(), layout.kinds):
+            if (
+                w.shape != shape
+                or w.strides != strides
+                or (w.dtype is not dtype and w.dtype != dtype)
+                or not w.flags.writeable
+            ):
+                return None
+            g = grad if type(grad) is np.ndarray else np.asarray(grad)
+            if g.shape != shape:
+                return None
+            if g.dtype is not dtype and g.dtype != dtype:
+                g = g.astype(dtype)  # a new array: nothing the step writes
+            elif (
+                exact or g.base is not None or id(g) in owners or not g.flags.owndata
+            ) and not layout.apart(g, allocations):
+                return None
+            gs.append(g)
+        return gs
 
     def _relayout(
         self,
