@@ -378,6 +378,8 @@ def concat_graph(axis: int, why: str | None = None) -> rg.Graph:
         parts = [prod, t, prod]
     if why == "reversed":  # the array must exist before the first made, not the first read
         parts = [t, prod, x]
+    if why == "nested":  # a concat filled in place is not itself written into another
+        parts = [g.concat(prod, t, axis=axis), x]
     g.output(g.concat(*parts, axis=axis), name="y")
     return g
 
@@ -393,12 +395,16 @@ def concat_want(f: dict[str, np.ndarray], axis: int, why: str | None) -> np.ndar
         parts[2] = parts[0]
     if why == "reversed":
         parts[:2] = parts[1::-1]
+    if why == "nested":
+        parts = [np.concatenate(parts[:2], axis=axis), parts[2]]
     return np.concatenate(parts, axis=axis)
 
 
 @pytest.mark.parametrize("axis", [0, 1, -1])
-@pytest.mark.parametrize("why", [None, "used_twice", "output", "same_input", "reversed"])
+@pytest.mark.parametrize("why", [None, "used_twice", "output", "same_input", "reversed", "nested"])
 def test_values_made_for_a_concat_alone_are_written_into_its_array(axis, why):
+    if why == "nested" and axis == 0:
+        pytest.skip("2*T + T rows: sizes of different symbols do not add up")
     ir = concat_graph(axis, why).ir
     interp = rg.Interpreter(ir)
     names = {ir.nodes[i].outputs[0].name for i in interp._joined}
@@ -409,7 +415,7 @@ def test_values_made_for_a_concat_alone_are_written_into_its_array(axis, why):
         "output": {made["eltmul"]},
         "same_input": {made["tanh"]},
     }
-    assert names == want_joined["eltmul" if why in (None, "reversed") else why]
+    assert names == want_joined["eltmul" if why in (None, "reversed", "nested") else why]
     kept = []
     for T in (4, 2, 4):  # bindings change; earlier results stay as they were
         feeds = concat_feeds(T)

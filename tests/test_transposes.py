@@ -92,4 +92,3 @@ def test_a_reshape_of_a_reshape_is_one_reshape():
     feeds = {"x": RNG.normal(size=(2, 6))}
     got = same_results(before, after, feeds)
     np.testing.assert_array_equal(got["z"], feeds["x"].reshape(2, 3, 2).transpose(0, 2, 1))
-

@@ -176,8 +176,10 @@ class Interpreter:
                 i = maker.get(name)
                 if i is None or uses.get(name) != 1:
                     continue
-                made = nodes[i]
-                if len(made.outputs) == 1 and not made.bodies and get_op(made.op).writes_out:
+                made = nodes[i]  # (not a concat: it may be filled in place itself)
+                if made.op == "concat" or made.bodies or len(made.outputs) != 1:
+                    continue
+                if get_op(made.op).writes_out:
                     joined[i] = c
                     first[c] = min(first.get(c, i), i)  # the array exists before any runs
         return joined, {i: c for c, i in first.items()}
