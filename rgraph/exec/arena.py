@@ -40,9 +40,8 @@ class Arena:
 
     def __init__(self) -> None:
         self.buffers: list[np.ndarray] = []  # bytes, each owned by the arena alone when free
-        self.used: set[int] = set()  # ids of the buffers handed out since the last trim
         self.peak = 0  # the most bytes of buffers in use at once since the last trim
-        self.budget = 0  # the last run's peak in use: more is held only while in use
+        self.budget = 0  # the most any run had in use at once: more is held only while in use
 
     def empty(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         """An uninitialised array of ``shape`` and ``dtype``: in the smallest free buffer
@@ -57,15 +56,13 @@ class Arena:
         free = [b for b in self.buffers if size <= b.nbytes < 2 * size and sys.getrefcount(b) == 3]
         best = min(free, key=lambda b: b.nbytes, default=None)
         if best is None:
-            # Free buffers that this run has not used yet (those of earlier runs) did not
-            # fit: they are likely of other sequence lengths than the ones now coming. Let
-            # them go before taking more memory, and free ones of other sizes too if the
-            # arena would hold more than the last run ever had in use.
-            self._drop_unused()
-            self._shrink_to(self.budget - size)
-            best = np.empty(size, np.uint8)
+            # A size class a little larger than asked (steps of 2 ** (1/4)): the same
+            # value of a slightly longer sequence fits in it next time. Free buffers go,
+            # largest first, beyond what the busiest run had in use.
+            capacity = int(2 ** (math.ceil(4 * math.log2(size)) / 4))
+            self._shrink_to(self.budget - capacity)
+            best = np.empty(max(capacity, size), np.uint8)
             self.buffers.append(best)
-        self.used.add(id(best))
         out = best[:size].view(dtype).reshape(shape)
         self.peak = max(self.peak, sum(b.nbytes for b in self.buffers if sys.getrefcount(b) > 3))
         return out
@@ -87,16 +84,11 @@ class Arena:
         self.buffers = [b for b in self.buffers if id(b) not in drop]
 
     def trim(self) -> None:
-        """Let go of the free buffers that nothing asked for since the last trim (a run
-        calls it at its end: what the last run did not use, the next one may not either)."""
-        self._drop_unused()
-        self.budget = self.peak
-        self.used, self.peak = set(), 0
-
-    def _drop_unused(self) -> None:
-        """Let go of the free buffers not handed out since the last trim."""
-        used = self.used
-        self.buffers = [b for b in self.buffers if id(b) in used or sys.getrefcount(b) > 3]
+        """End a run (a run calls it at its end): the budget of free memory to hold is the
+        most any run had in use at once, so that sequences of every length seen so far
+        find their buffers (fresh memory costs a page fault per 4 KiB)."""
+        self.budget = max(self.budget, self.peak)
+        self.peak = 0
 
 
 class ThreadArenas:
