@@ -29,10 +29,15 @@ def fold_scales(graph: GraphIR) -> GraphIR:
 
     the first two only where the scaled value has no other use.
     """
-    nodes = [n.map_bodies(fold_scales) for n in graph.nodes]
-    current = graph.replace(nodes=tuple(nodes)) if nodes != list(graph.nodes) else graph
-    if "eltmul" not in current.ops() or not current.consts:
+    current = graph
+    if "bodies" in graph.ops():
+        nodes = [n.map_bodies(fold_scales) for n in graph.nodes]
+        current = graph.replace(nodes=tuple(nodes)) if nodes != list(graph.nodes) else graph
+    vectors = {c.name for c in current.consts if c.type.rank == 1}
+    if "eltmul" not in current.ops() or not vectors:
         return current
+    if not any(n.op == "eltmul" and n.inputs[1] in vectors for n in current.nodes):
+        return current  # (before building the maps a rewrite needs: big graphs)
     for _ in range(6):  # each rule exposes the next: add, then matmul, then transpose
         folded = _fold_once(current)
         if folded is None:
