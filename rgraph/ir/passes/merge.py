@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 
 from rgraph.ir.graph import GraphIR, Node, Var
 from rgraph.ir.op import get_op
@@ -83,6 +84,19 @@ def merge_matmuls(graph: GraphIR) -> GraphIR:
 def make_node(op: str, inputs: tuple, outputs: tuple, attrs: dict, loc) -> Node:
     plain = get_op(op).attrs_from_kwargs(attrs)[1]  # canonical, as the builder writes them
     return construct(Node, op=op, inputs=inputs, outputs=outputs, attrs=plain, bodies={}, loc=loc)
+
+
+def until_unchanged(
+    rewrite: Callable[[GraphIR], GraphIR | None], graph: GraphIR, rounds: int
+) -> GraphIR:
+    """``rewrite`` applied again (at most ``rounds`` times) while it changes something:
+    each round returns a new graph, or None when it found nothing to do."""
+    for _ in range(rounds):
+        rewritten = rewrite(graph)
+        if rewritten is None:
+            break
+        graph = rewritten
+    return graph
 
 
 class FreshNames:

@@ -15,7 +15,7 @@ from collections import defaultdict
 from rgraph.ir.graph import GraphIR, Node, Var
 from rgraph.ir.op import broadcast_shapes, freeze, get_op, normalize_axis
 from rgraph.ir.ops.elementwise import Binary, Unary
-from rgraph.ir.passes.merge import FreshNames, make_node
+from rgraph.ir.passes.merge import FreshNames, make_node, until_unchanged
 from rgraph.ir.passes.prune import prune
 from rgraph.ir.passes.schedule import schedule
 from rgraph.ir.types import TensorType, construct, make_type
@@ -44,12 +44,8 @@ def merge_pieces(graph: GraphIR) -> GraphIR:
         return graph
     nodes = [n.map_bodies(merge_pieces) for n in graph.nodes]
     current = graph.replace(nodes=tuple(nodes)) if nodes != list(graph.nodes) else graph
-    for _ in range(8):  # each round can expose the next (adds, then activations)
-        rewritten = _Rewriter(current).run()
-        if rewritten is None:
-            break
-        current = rewritten
-    return current
+    # each round can expose the next (adds, then activations)
+    return until_unchanged(lambda ir: _Rewriter(ir).run(), current, 8)
 
 
 class _Rewriter:

@@ -12,7 +12,7 @@ import math
 
 from rgraph.ir.graph import Const, GraphIR, Node, Var
 from rgraph.ir.op import get_op
-from rgraph.ir.passes.merge import FreshNames, make_node
+from rgraph.ir.passes.merge import FreshNames, make_node, until_unchanged
 from rgraph.ir.passes.prune import prune
 from rgraph.ir.passes.schedule import schedule
 from rgraph.ir.types import construct
@@ -38,12 +38,8 @@ def fold_scales(graph: GraphIR) -> GraphIR:
         return current
     if not any(n.op == "eltmul" and n.inputs[1] in vectors for n in current.nodes):
         return current  # (before building the maps a rewrite needs: big graphs)
-    for _ in range(6):  # each rule exposes the next: add, then matmul, then transpose
-        folded = _fold_once(current)
-        if folded is None:
-            break
-        current = folded
-    return current
+    # each rule exposes the next: add, then matmul, then transpose
+    return until_unchanged(_fold_once, current, 6)
 
 
 def _fold_once(graph: GraphIR) -> GraphIR | None:

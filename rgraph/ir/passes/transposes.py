@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from rgraph.ir.graph import GraphIR, Node, Var
 from rgraph.ir.op import get_op
-from rgraph.ir.passes.merge import FreshNames, make_node
+from rgraph.ir.passes.merge import FreshNames, make_node, until_unchanged
 from rgraph.ir.passes.prune import prune
 from rgraph.ir.passes.schedule import schedule
 from rgraph.ir.types import construct
@@ -32,12 +32,7 @@ def fold_transposes(graph: GraphIR) -> GraphIR:
         return graph
     nodes = [n.map_bodies(fold_transposes) for n in graph.nodes]
     current = graph.replace(nodes=tuple(nodes)) if nodes != list(graph.nodes) else graph
-    for _ in range(4):  # a folded split exposes a transposed product
-        folded = _fold_once(current)
-        if folded is None:
-            break
-        current = folded
-    return current
+    return until_unchanged(_fold_once, current, 4)  # a folded split exposes a product
 
 
 def _fold_once(graph: GraphIR) -> GraphIR | None:
