@@ -183,6 +183,38 @@ def test_out_kernels_write_the_value_they_return(case: Case, dtype: str, layout:
     np.testing.assert_array_equal(out, want, err_msg=case.id)
 
 
+@pytest.mark.parametrize(
+    ("case", "dtype"),
+    rows_by_dtype(lambda c: not c.symbolic and _writes_out(c)),
+)
+def test_out_kernels_write_a_column_of_a_wider_array(case: Case, dtype: str) -> None:
+    """A concat's piece of width 1, read from a column of a wider array (a split's piece)
+    and written into a column of the concat's array. (NumPy 2.4's ``np.negative`` reads
+    the wrong elements there: rgraph's ``neg`` must not.)"""
+    g, _ = build(case, dtype)
+    node = next(n for n in g.ir.nodes if n.op == case.op)
+    op = get_op(node.op)
+    kernel = op.kernel(op.node_attrs(node), KernelContext({}))
+    arrays = arrays_for(case, dtype, {})
+    if any(a.ndim < 2 or a.shape != arrays[0].shape for a in arrays):
+        pytest.skip("not elementwise on arrays of one shape with rows")
+    columns = [np.ascontiguousarray(a[..., 1:2]) for a in arrays]
+    want = np.asarray(kernel(*[c.copy() for c in columns]))
+    # Strided columns of 8-column arrays: the stride at which NumPy 2.4.6's np.negative
+    # reads wrong elements.
+    wide = []
+    for c in columns:
+        w = np.zeros((*c.shape[:-1], 8), c.dtype)
+        w[..., 1:2] = c
+        wide.append(w[..., 1:2])
+    assert all(np.array_equal(w, c) and not w.flags.c_contiguous for w, c in zip(wide, columns))
+    stale = np.nan if want.dtype.kind == "f" else -7
+    out = np.full((*want.shape[:-1], 5), stale, want.dtype)[..., 2:3]
+    got = kernel(*wide, out=out)
+    assert got is out, f"{case.id}: the kernel returned another array than out"
+    np.testing.assert_array_equal(out, want, err_msg=case.id)
+
+
 # --- 3. gradients -------------------------------------------------------------------------
 
 

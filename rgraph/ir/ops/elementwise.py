@@ -121,13 +121,20 @@ def unary(name: str, fn: Callable, rule: Callable | None, **extra: Any) -> None:
     _define(Unary, name, fn, staticmethod(rule) if rule else None, **extra)
 
 
+def _negative(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``-x``, exactly (signed zeros, infinities and NaNs too), as ``x * -1``: NumPy 2.4's
+    ``np.negative`` reads the wrong elements of a float64 ``(n, 1)`` column of a wider
+    array when ``out`` is such a column too (how a concat's pieces are written)."""
+    return np.multiply(x, -1, out=out)
+
+
 def _sigmoid(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``1 / (1 + exp(-x))``: relatively accurate in both tails (``0.5 + 0.5 tanh(x/2)``
     cancels for very negative x), and ``exp`` costs less than half of float64 ``tanh``.
     ``-x`` is capped where ``exp`` would overflow: the result there is below the
     dtype's smallest normal number either way."""
     cap = 80.0 if x.dtype == np.float32 else 700.0
-    t = np.negative(x, out=out)
+    t = _negative(x, out=out)
     if type(t) is not np.ndarray:  # a 0-d input gives a scalar
         return 1.0 / (1.0 + np.exp(np.minimum(t, cap)))
     np.minimum(t, cap, out=t)
@@ -146,7 +153,7 @@ binary(
     dtypes=("float32", "float64"),
 )
 
-unary("neg", np.negative, lambda x, out, g: -g, dtypes=NUMERIC)
+unary("neg", _negative, lambda x, out, g: -g, dtypes=NUMERIC, writes_out=True)
 unary("identity", lambda x: x, lambda x, out, g: g, dtypes=(*NUMERIC, "bool"), flops_per_element=0)
 unary("exp", np.exp, lambda x, out, g: g * out)
 unary("log", np.log, lambda x, out, g: g / x)
