@@ -1031,6 +1031,44 @@ def test_gradients_that_are_views_of_one_buffer(make):
         assert (opt._layout is None) == (step == 3), step
 
 
+@pytest.mark.parametrize("one_dtype", [False, True])
+@pytest.mark.parametrize("make", FLAT_OPTIMISERS)
+def test_parameters_that_follow_each_other_in_one_buffer_are_updated_in_place(make, one_dtype):
+    # A packed store (Program.pack): the C-contiguous parameters of each dtype follow each
+    # other in one buffer, in reverse order of the step's, with one gap (two runs); the
+    # others (column-major, 0-d, empty) stand apart. The runs are updated in place as
+    # vectors (nothing copied in and out), bit for bit as parameter by parameter.
+    original = mixed_store(40)
+    if one_dtype:  # (then the step's parameters are all in one group)
+        original = {k: v for k, v in original.items() if v.dtype == np.float64}
+    packable = [k for k, v in original.items() if v.flags.c_contiguous and v.ndim and v.size]
+    params, bufs = {}, []
+    for dtype in {v.dtype for v in original.values()}:
+        names = [k for k in reversed(packable) if original[k].dtype == dtype]
+        bufs.append(buf := np.zeros(sum(original[k].size for k in names) + 1, dtype))
+        at = 0
+        for i, name in enumerate(names):
+            at += i == 3  # the gap
+            params[name] = buf[at : at + original[name].size].reshape(original[name].shape)
+            params[name][...] = original[name]
+            at += original[name].size
+    params.update((k, v.copy(order="K")) for k, v in original.items() if k not in params)
+    params = {k: params[k] for k in original}  # the step's order
+    opt = make()
+    ref, ref_params = PerParameter(opt), copies(params)
+    rng = np.random.default_rng(41)
+    for step in range(1, 5):
+        grads = random_grads(rng, params)
+        stats = opt.step(params, grads)
+        expected = ref.step(ref_params, grads)
+        assert_same_as_reference(opt, ref, params, ref_params, stats, expected, f"step {step}")
+    groups = opt._layout.groups
+    assert sum(len(g.copies) for g in groups) == 2 - one_dtype  # the 0-d and the empty one
+    for buf in bufs:  # two runs per buffer, whole (each under the piece size)
+        runs = [w for g in groups for w, _, _, _ in g.pieces if np.shares_memory(w, buf)]
+        assert len(runs) == 2 and sum(w.size for w in runs) == buf.size - 1
+
+
 @pytest.mark.parametrize("make", FLAT_OPTIMISERS)
 def test_memory_that_no_array_owns(make):
     # Parameters and gradients in bytearrays (np.frombuffer): whether memory is shared is

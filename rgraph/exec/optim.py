@@ -303,12 +303,19 @@ class _Group:
         """``index``: the positions in the step's order of this dtype's parameters ``ws``;
         ``olds``: per slot, their state so far (None: none yet, zeros); ``every``: they are
         all the step's parameters."""
-        copied = [j for j, w in enumerate(ws) if w.nbytes < _BIG_BYTES and w.flags.c_contiguous]
-        in_place = [j for j in range(len(ws)) if j not in copied]
-        order = copied + in_place  # of the flat vectors
+        chains = _adjacent(ws)
+        chained = {j for chain in chains for j in chain}
+        copied = [
+            j
+            for j, w in enumerate(ws)
+            if j not in chained and w.nbytes < _BIG_BYTES and w.flags.c_contiguous
+        ]
+        in_place = [j for j in range(len(ws)) if j not in chained and j not in copied]
+        order = copied + [j for chain in chains for j in chain] + in_place  # of the flat vectors
         dtype, n = ws[0].dtype, sum(ws[j].size for j in copied)
         total = sum(w.size for w in ws)
-        self.index = None if every and not in_place else [index[j] for j in order]
+        in_order = order == list(range(len(ws)))
+        self.index = None if every and in_order else [index[j] for j in order]
         self.w, self.g = np.empty(n, dtype), np.empty(total, dtype)  # flat copies
         self.wide = None if dtype == _F64 else np.empty(total, _F64)  # g for the norm
         wide = self.g if self.wide is None else self.wide
@@ -317,6 +324,7 @@ class _Group:
         self.vectors = {}  # position -> its gradient's piece of wide
         self.copies = []  # (piece of w, copied parameter), as bytes
         runs = [(self.w, 0, n)]  # (what holds w, its range of the flat vectors)
+        heads = {chain[0]: chain for chain in chains}
         start = 0
         for j in order:
             w = ws[j]
@@ -329,7 +337,11 @@ class _Group:
             self.vectors[index[j]] = wide[start:stop]
             if stop <= n:
                 self.copies.append((_bytes(self.w[start:stop]), _bytes(w)))
-            else:
+            elif j in heads:  # the chain's memory, as one vector
+                size = sum(ws[k].size for k in heads[j])
+                whole = np.lib.stride_tricks.as_strided(w.reshape(-1), (size,), (w.itemsize,))
+                runs.append((whole, start, start + size))
+            elif j not in chained:
                 runs.append((w, start, stop))
             start = stop
 
@@ -494,6 +506,27 @@ class _Layout:
                 opt.slots.setdefault(slot, {})[name] = view
         layout.views = {slot: tuple(new[slot]) for slot in slot_names}
         return layout
+
+
+def _adjacent(ws: Sequence[np.ndarray]) -> list[list[int]]:
+    """Runs of at least two of the C-contiguous arrays ``ws`` that follow each other in the
+    memory of one owner (a packed parameter store, see :mod:`rgraph.exec.packing`): as
+    indices into ``ws``, each run in memory order. The update goes through a run as one
+    vector, in place, with no copy."""
+    found = []
+    for j, w in enumerate(ws):
+        owner = _owner(w)
+        if w.flags.c_contiguous and w.size and isinstance(owner, np.ndarray):
+            found.append((id(owner), _byte_bounds(w), j))
+    found.sort()
+    chains, chain = [], []
+    for k, (owner, (lo, _), j) in enumerate(found):
+        if chain and (owner != found[k - 1][0] or lo != found[k - 1][1][1]):
+            chains.append(chain)
+            chain = []
+        chain.append(j)
+    chains.append(chain)
+    return [c for c in chains if len(c) > 1]
 
 
 def _within(a: np.ndarray, owner: np.ndarray) -> bool:
