@@ -145,7 +145,7 @@ class RgraphTrainer:
         self.program = rg.compile(
             task.graph, ["loss", "nll", "count"], loss="loss", specialize={"mask": 1.0}
         )
-        self.params = {k: v.copy() for k, v in task.params.items()}
+        self.params = self.program.pack(task.params)
         self.optimizer = rg.RMSProp(lr=LR, regc=REGC, clipval=CLIP)
 
     def forward_backward(self, tokens, targets, mask):

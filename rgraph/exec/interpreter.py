@@ -8,6 +8,7 @@ prepared steps depend on the sizes of symbolic dims, so they are cached per bind
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,7 @@ import numpy as np
 
 from rgraph.errors import ExecutionError, FeedError, NonFiniteError
 from rgraph.exec.arena import MIN_BYTES, ThreadArenas
+from rgraph.exec.packing import tiled
 from rgraph.ir import dims
 from rgraph.ir.graph import GraphIR, Node
 from rgraph.ir.op import KernelContext, get_op
@@ -65,6 +67,7 @@ class Interpreter:
         ]
         self._last_use = self._plan_frees()
         self._joined, self._joins = self._plan_joins()
+        self._param_joins = self._plan_param_joins()
         used = self._read | set(graph.outputs)  # read by a node, or an output
         # Inputs whose dims are plain names bind them before product dims are checked.
         self.inputs = sorted(
@@ -129,7 +132,9 @@ class Interpreter:
                         if not op.uses_dims:
                             self._kernels[i] = kernel
                     top = not self.loop_body and i not in self._joined  # (joined: see below)
-                    if top and op.writes_out and len(node.outputs) == 1:
+                    if i in self._param_joins:
+                        kernel = ParamJoin(self._param_joins[i])
+                    elif top and op.writes_out and len(node.outputs) == 1:
                         kernel = self._in_arena(kernel, node.outputs[0].type, binding)
                     step = Step(
                         kernel=kernel,
@@ -183,6 +188,20 @@ class Interpreter:
                     joined[i] = c
                     first[c] = min(first.get(c, i), i)  # the array exists before any runs
         return joined, {i: c for c, i in first.items()}
+
+    def _plan_param_joins(self) -> dict[int, int]:
+        """Top-level concats of parameters only: node index -> axis. They run as
+        :class:`ParamJoin`, a read-only view of a packed store (:meth:`run` copies an
+        output that is one, or a view of one)."""
+        if self.loop_body or "concat" not in self.graph.ops():
+            return {}
+        params = {p.name for p in self.graph.params}
+        concat = get_op("concat")
+        return {
+            i: concat.node_attrs(node).axis
+            for i, node in enumerate(self.graph.nodes)
+            if node.op == "concat" and all(name in params for name in node.inputs)
+        }
 
     def _pieces(self, c: int, binding: Mapping[str, int]) -> tuple[tuple, list[tuple]]:
         """The shape of concat ``c``'s array and the index of each input in it."""
@@ -296,7 +315,13 @@ class Interpreter:
         self._execute(values, self._steps(binding))
         if self.arenas is not None:
             self.arenas.trim()
-        return {name: np.asarray(values[self.slot[name]]) for name in self.graph.outputs}
+        outputs = {}
+        for name in self.graph.outputs:
+            out = np.asarray(values[self.slot[name]])
+            # Read-only: a view of parameters (ParamJoin's, or a view of one), which an
+            # optimiser changes next. The caller gets its own copy.
+            outputs[name] = out if out.flags.writeable else out.copy()
+        return outputs
 
     def positional(self, binding: Mapping[str, int]) -> Any:
         """A fast callable ``f(*inputs) -> list of outputs`` with no feed checks.
@@ -458,6 +483,29 @@ class Interpreter:
                 self._check_finite(nodes[step.node], step, values)
             for slot in step.free:
                 values[slot] = None
+
+
+class ParamJoin:
+    """A concatenation of parameters: the view :func:`~rgraph.exec.packing.tiled` when they
+    are adjacent blocks of one buffer (a packed store), else a copy.
+
+    A store passes the same arrays run after run, so the answer is kept for the arrays
+    of the last run (which it keeps alive): the next run with them pays a few identity
+    checks. Their shapes are checked by the run; their memory cannot move.
+    """
+
+    __slots__ = ("axis", "last")
+
+    def __init__(self, axis: int):
+        self.axis = axis
+        self.last: tuple[tuple, np.ndarray | None] = ((), None)  # (arrays, their view)
+
+    def __call__(self, *arrays: np.ndarray) -> np.ndarray:
+        seen, view = self.last  # (one read: runs in other threads may replace it)
+        if len(seen) != len(arrays) or not all(map(operator.is_, arrays, seen)):
+            view = tiled(arrays, self.axis)
+            self.last = (arrays, view)
+        return np.concatenate(arrays, axis=self.axis) if view is None else view
 
 
 def _concrete(shape: tuple) -> tuple[int, ...] | None:
