@@ -427,3 +427,22 @@ def test_values_made_for_a_concat_alone_are_written_into_its_array(axis, why):
     debug = rg.Interpreter(ir, check_finite=True)
     assert not debug._joined  # debug mode checks every value: no unset array
     np.testing.assert_array_equal(debug.run(concat_feeds(3))["y"], interp.run(concat_feeds(3))["y"])
+
+
+def test_an_identity_runs_as_its_input_with_no_call():
+    g = rg.Graph("ids")
+    x = g.input("x", (2, 3))
+    y = g.identity(x.tanh())
+    g.output(y * 2.0, name="a")
+    g.output(y, name="b")
+    interp = rg.Interpreter(g.ir)
+    x0 = np.linspace(-1.0, 1.0, 6).reshape(2, 3)
+    out = interp.run({"x": x0})
+    np.testing.assert_array_equal(out["b"], np.tanh(x0))
+    np.testing.assert_array_equal(out["a"], np.tanh(x0) * 2.0)
+    lines = interp._flat.source.splitlines()
+    identities = [i for i, n in enumerate(g.ir.nodes) if n.op == "identity"]
+    assert len(identities) == 3  # the one asked for and one per output name
+    for i in identities:
+        line = lines[interp._flat.first_line - 1 + i]
+        assert f"k{i}(" not in line and " = v" in line, line

@@ -630,15 +630,20 @@ def _execution_error(node: Node, args: list[Any], e: Exception) -> ExecutionErro
 def _call_lines(
     steps: list[Step], indent: str, free: bool, into: Mapping[int, str] | None = None
 ) -> list[str]:
-    """One line per node, ``v7 = k3(v2, v5)``, ending values' lives with ``del`` if asked;
-    node ``i`` in ``into`` writes into that array (``k3(v2, v5, out=b3)``)."""
+    """One line per node, ``v7 = k3(v2, v5)`` (``v7 = v2`` for an identity), ending values'
+    lives with ``del`` if asked; node ``i`` in ``into`` writes into that array
+    (``k3(v2, v5, out=b3)``)."""
     lines = []
+    identity = get_op("identity").fn
     for i, st in enumerate(steps):
         args = ", ".join(f"v{j}" for j in st.inputs)
-        if into and i in into:  # a ufunc takes out= positionally, a little faster
-            args += f", {into[i]}" if isinstance(st.kernel, np.ufunc) else f", out={into[i]}"
+        target = into.get(i) if into else None
+        if target is not None:  # a ufunc takes out= positionally, a little faster
+            args += f", {target}" if isinstance(st.kernel, np.ufunc) else f", out={target}"
+        # An identity is its input itself: no call.
+        call = args if st.kernel is identity and target is None else f"k{i}({args})"
         outs = ", ".join(f"v{j}" for j in st.outputs)
-        line = f"{indent}{outs}{',' if len(st.outputs) > 1 else ''} = k{i}({args})"
+        line = f"{indent}{outs}{',' if len(st.outputs) > 1 else ''} = {call}"
         if free and st.free:
             line += "; del " + ", ".join(f"v{f}" for f in st.free)
         lines.append(line)
