@@ -115,3 +115,34 @@ def test_products_regroup_so_that_factors_free_of_the_state_leave_the_loop():
         twice = h * x
         h = np.tanh(h * (x * k) + (twice * k) * twice)
     np.testing.assert_allclose(got, h, rtol=1e-15)
+
+
+def test_a_transposed_operand_free_of_the_state_is_transposed_before_the_loop():
+    # h @ W^T and W^T @ ... with W loop-invariant: the steps call plain products of a
+    # transposed view made once; h's own transpose (state) stays a flag in the loop.
+    g = rg.Graph("untranspose")
+    xs = g.input("xs", ("T", "B", 4))
+    w = g.param("W", (4, 4), init="uniform")
+    u = g.param("U", (4, 4), init="uniform")
+
+    def step(b, carry, x):
+        h = carry[0]
+        a = b.matmul(h, w, transpose_b=True)  # W invariant: leaves as a transpose
+        c = b.matmul(u, h, transpose_a=True, transpose_b=True)  # (U^T h^T): (4, B)
+        return [b.tanh(a + x[0] + b.transpose(c))], []
+
+    (h,), _ = g.scan(step, init=[g.full(shape=["B", 4], value=0.1)], xs=[xs])
+    g.output(h, name="h")
+    after = hoist(g.ir)
+    products = [n for n in body_of(after).nodes if n.op == "matmul"]
+    assert [dict(n.attrs) for n in products] == [{}, {"transpose_b": True}]
+    outside = [n for n in after.nodes if n.op == "transpose"]
+    assert sorted(n.inputs[0] for n in outside) == ["U", "W"]
+    rng = np.random.default_rng(9)
+    params = rg.init_params(g, 3)
+    feeds = {"xs": rng.normal(size=(5, 2, 4))}
+    got = rg.Interpreter(after).run(feeds, params)["h"]
+    hv = np.full((2, 4), 0.1)
+    for x in feeds["xs"]:
+        hv = np.tanh(hv @ params["W"].T + x + (params["U"].T @ hv.T).T)
+    np.testing.assert_allclose(got, hv, rtol=1e-14)

@@ -446,3 +446,29 @@ def test_an_identity_runs_as_its_input_with_no_call():
     for i in identities:
         line = lines[interp._flat.first_line - 1 + i]
         assert f"k{i}(" not in line and " = v" in line, line
+
+
+def test_a_plain_2d_product_is_numpy_dot_itself_unless_its_out_may_be_strided():
+    g = rg.Graph("dots")
+    x = g.input("x", ("B", 3))
+    w, v = g.param("w", (3, 4), init="uniform"), g.param("v", (3, 2), init="uniform")
+    plain = x @ w
+    joined = x @ v  # made only for the concat: written into its columns 4:6 (strided)
+    g.output(g.concat([plain.tanh(), joined], axis=1), name="y")
+    g.output(
+        g.matmul(x, w, transpose_b=False).sum()
+        + g.matmul(w, x, transpose_a=True, transpose_b=True).sum(),
+        name="s",
+    )
+    interp = rg.Interpreter(g.ir)
+    params = rg.init_params(g, 2)
+    xv = np.random.default_rng(5).normal(size=(5, 3))
+    out = interp.run({"x": xv}, params)
+    want = np.concatenate([np.tanh(xv @ params["w"]), xv @ params["v"]], axis=1)
+    np.testing.assert_allclose(out["y"], want, rtol=1e-14)
+    np.testing.assert_allclose(out["s"], 2 * (xv @ params["w"]).sum(), rtol=1e-13)
+    kernels = {g.ir.nodes[st.node].outputs[0].name: st.kernel for st in interp._steps({"B": 5})}
+    products = [n for n in g.ir.nodes if n.op == "matmul"]
+    plain_name, joined_name, again, flagged = (n.outputs[0].name for n in products)
+    assert kernels[plain_name] is np.dot and kernels[again] is np.dot
+    assert kernels[joined_name] is not np.dot and kernels[flagged] is not np.dot

@@ -92,3 +92,20 @@ def test_a_reshape_of_a_reshape_is_one_reshape():
     feeds = {"x": RNG.normal(size=(2, 6))}
     got = same_results(before, after, feeds)
     np.testing.assert_array_equal(got["z"], feeds["x"].reshape(2, 3, 2).transpose(0, 2, 1))
+
+
+def test_a_transpose_of_a_transpose_is_its_input():
+    g = rg.Graph("twice")
+    w = g.input("w", (3, 4))
+    x = g.input("x", ("B", 3))
+    t = g.transpose(w)
+    y = x @ g.transpose(t)  # (B, 3) @ (3, 4)
+    g.output(y + t.sum(), name="y")  # t has another use: it stays, the outer one goes
+    before = g.ir
+    after = fold_transposes(before)
+    assert ops(after).count("transpose") == 1
+    product = next(n for n in after.nodes if n.op == "matmul")
+    assert product.inputs == ("x", "w")
+    feeds = {"w": RNG.normal(size=(3, 4)), "x": RNG.normal(size=(2, 3))}
+    got = same_results(before, after, feeds)
+    np.testing.assert_allclose(got["y"], feeds["x"] @ feeds["w"] + feeds["w"].sum(), rtol=1e-14)

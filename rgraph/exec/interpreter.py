@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -59,7 +59,7 @@ class Interpreter:
         self.loop_body = loop_body
         self.arenas = None if empty is not None else ThreadArenas()
         self.empty = empty or self.arenas.empty
-        names = graph.types()
+        self._types = names = graph.types()
         self.slot: dict[str, int] = dict(zip(names, range(len(names))))
         self.consts = [
             (self.slot[c.name], np.array(c.data, dtype=c.type.dtype).reshape(c.type.shape))
@@ -128,7 +128,7 @@ class Interpreter:
                 try:
                     kernel = self._kernels.get(i)
                     if kernel is None:
-                        kernel = op.kernel(op.node_attrs(node), ctx)
+                        kernel = op.kernel(op.node_attrs(node), self._context(ctx, op, i))
                         if not op.uses_dims:
                             self._kernels[i] = kernel
                     top = not self.loop_body and i not in self._joined  # (joined: see below)
@@ -155,6 +155,18 @@ class Interpreter:
                 steps.append(step)
             self._prepared[key] = steps
         return steps
+
+    def _context(self, ctx: KernelContext, op: Any, i: int) -> KernelContext:
+        """``ctx`` for node ``i``'s kernel: with its inputs' types if the op specialises on
+        them, and whether its ``out=`` is always C-contiguous (not so for a value written
+        into a concat's array, see :meth:`_plan_joins`)."""
+        if not op.specializes:
+            return ctx
+        return replace(
+            ctx,
+            inputs=tuple(self._types[name] for name in self.graph.nodes[i].inputs),
+            contiguous_out=i not in self._joined,
+        )
 
     def _plan_joins(self) -> tuple[dict[int, int], dict[int, int]]:
         """Concats whose inputs are written straight into the concat's array: node

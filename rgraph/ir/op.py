@@ -39,6 +39,10 @@ class KernelContext:
     cache: dict = field(default_factory=dict)
     # ``np.empty`` for arrays a kernel fills itself (a loop's ys): the interpreter's arena.
     empty: Callable[..., Any] = np.empty
+    # For ops that set ``specializes``: the node's input types, and whether every ``out=``
+    # the interpreter gives the kernel is C-contiguous (``()``, False: no promise).
+    inputs: tuple[TensorType, ...] = ()
+    contiguous_out: bool = False
 
 
 class Attrs(BaseModel):
@@ -71,6 +75,10 @@ class Op:
     # Whether the kernel also takes ``out=``, an array of its (single) output's type to
     # write into: a loop body then reuses one buffer per value instead of allocating.
     writes_out: ClassVar[bool] = False
+    # Whether the kernel specialises on ``ctx.inputs`` and ``ctx.contiguous_out`` (the
+    # interpreter then fills them in, per node): e.g. to be a numpy function itself,
+    # with no Python between the schedule and numpy.
+    specializes: ClassVar[bool] = False
 
     def infer(self, ins: Sequence[TensorType], a: Any) -> list[TensorType]:
         """Output types from input types; raise ShapeError or DTypeError."""

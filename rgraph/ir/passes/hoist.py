@@ -55,7 +55,7 @@ def _hoist_scan(b: Graph, node: Node) -> None:
     op = get_op(node.op)
     a = op.node_attrs(node)
     nc, nx = a.num_carry, a.num_xs
-    body = hoist(_regroup_products(a.body, nc))
+    body = hoist(_plain_products(_regroup_products(a.body, nc), nc + nx))
     steps = _steps_dim([b.value(i).type for i in node.inputs], a)
     outer: dict[str, tuple[str, Value]] = {}  # body name -> (kind, outer value)
     for i, var in enumerate(body.inputs):
@@ -167,6 +167,48 @@ def _regroup_products(body: GraphIR, num_carry: int) -> GraphIR:
             producer[o.name] = n
             if any(i in variant for i in n.inputs):
                 variant.add(o.name)
+    return body.replace(nodes=tuple(nodes)) if changed else body
+
+
+def _plain_products(body: GraphIR, num_variant: int) -> GraphIR:
+    """``matmul(v, w, transpose_b=True)`` as ``matmul(v, transpose(w))`` where ``w`` (2-d)
+    does not depend on the loop's carries or xs (the first ``num_variant`` inputs), and
+    likewise for ``transpose_a``: the transpose, a view, then leaves the loop, and each
+    step calls the plain product (``np.dot`` itself, see ``Matmul.kernel``)."""
+    if "matmul" not in body.ops():
+        return body
+    variant = {v.name for v in body.inputs[:num_variant]}
+    types = body.types()
+    names = FreshNames(types)
+    transposed: dict[str, str] = {}  # invariant -> its transpose in the body
+    nodes: list[Node] = []
+    changed = False
+    for n in body.nodes:
+        if n.op == "matmul":
+            a = get_op("matmul").node_attrs(n)
+            inputs, flags = list(n.inputs), {}
+            for k, (flag, key) in enumerate(
+                ((a.transpose_a, "transpose_a"), (a.transpose_b, "transpose_b"))
+            ):
+                name = inputs[k]
+                if not flag or name in variant or types[name].rank != 2:
+                    continue
+                if name not in transposed:
+                    t = types[name]
+                    var = construct(
+                        Var, name=names.fresh("untransposed"), type=t.with_shape(t.shape[::-1])
+                    )
+                    types[var.name] = var.type
+                    nodes.append(make_node("transpose", (name,), (var,), {}, n.loc))
+                    transposed[name] = var.name
+                inputs[k], flags[key] = transposed[name], False
+            if flags:
+                attrs = {k: v for k, v in n.attrs.items() if k not in flags}
+                n = n.model_copy(update={"inputs": tuple(inputs), "attrs": attrs})
+                changed = True
+        nodes.append(n)
+        if any(i in variant for i in n.inputs):
+            variant.update(o.name for o in n.outputs)
     return body.replace(nodes=tuple(nodes)) if changed else body
 
 

@@ -25,6 +25,7 @@ def fold_transposes(graph: GraphIR) -> GraphIR:
     - ``transpose(matmul(a, b))``: ``matmul(b, a)`` with the transpose flags swapped and
       flipped (``(a^T b)^T = b^T a``);
     - ``reshape(reshape(x))``: one reshape, or ``x`` itself if of its shape;
+    - ``transpose(transpose(x))``: ``x`` itself;
 
     each only where the transposed value has no other use (else both would be made).
     """
@@ -61,7 +62,10 @@ def _fold_once(graph: GraphIR) -> GraphIR | None:
         source = producer.get(n.inputs[0])
         if source is None or id(source) in removed:
             continue
-        if source.op == "matmul" and only_use(n.inputs[0], n):
+        if source.op == "transpose" and swaps(source) and n.outputs[0].name not in outputs:
+            renames[n.outputs[0].name] = source.inputs[0]  # its readers read the original
+            removed.add(id(n))
+        elif source.op == "matmul" and only_use(n.inputs[0], n):
             a = get_op("matmul").node_attrs(source)
             x, y = source.inputs
             if types[x].rank == 2 and types[y].rank == 2:
