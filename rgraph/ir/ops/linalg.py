@@ -14,8 +14,11 @@ from rgraph.ir.op import (
     register,
     require_float,
     same_dtype,
+    undispatched,
 )
 from rgraph.ir.types import make_type
+
+_dot = undispatched(np.dot)
 
 
 class MatmulAttrs(Attrs):
@@ -65,7 +68,7 @@ class Matmul(Op):
         ta, tb = a.transpose_a, a.transpose_b
         ranks = [t.rank for t in ctx.inputs]
         if ranks == [2, 2] and not (ta or tb) and ctx.contiguous_out:
-            return np.dot  # numpy's cheapest call, called straight from the schedule
+            return _dot  # numpy's cheapest call, called straight from the schedule
 
         def product(x, y, out=None):
             if ta:
@@ -75,15 +78,15 @@ class Matmul(Op):
             if y.ndim == 2:
                 if x.ndim == 2:  # numpy's cheapest call for one product (out: C-ordered)
                     if out is None or out.flags.c_contiguous:
-                        return np.dot(x, y, out=out)
-                    return _into(out, np.dot(x, y))
+                        return _dot(x, y, out)
+                    return _into(out, _dot(x, y))
                 # A stack of rows times one matrix is one product: numpy would make one
                 # BLAS call per batch entry (T calls of (1, k) @ (k, n) at batch 1).
                 rows = x.reshape(-1, x.shape[-1])
                 shape = (*x.shape[:-1], y.shape[-1])
                 if out is None or not out.flags.c_contiguous:
-                    return _into(out, np.dot(rows, y).reshape(shape))
-                np.dot(rows, y, out=out.reshape(rows.shape[0], y.shape[-1]))
+                    return _into(out, _dot(rows, y).reshape(shape))
+                _dot(rows, y, out.reshape(rows.shape[0], y.shape[-1]))
                 return out
             return np.matmul(x, y, out=out)
 

@@ -9,8 +9,19 @@ from pydantic import Field
 
 from rgraph.errors import ShapeError
 from rgraph.ir import dims
-from rgraph.ir.op import Attrs, Op, like, normalize_axis, register, same_dtype, shift_axis
+from rgraph.ir.op import (
+    Attrs,
+    Op,
+    like,
+    normalize_axis,
+    register,
+    same_dtype,
+    shift_axis,
+    undispatched,
+)
 from rgraph.ir.types import Dim
+
+_concatenate = undispatched(np.concatenate)
 
 
 def _resolve(shape, binding) -> tuple[int, ...]:
@@ -136,7 +147,8 @@ class Concat(Op):
     writes_out = True
 
     def kernel(self, a, ctx):
-        return lambda *xs, out=None: np.concatenate(xs, axis=a.axis, out=out)
+        axis = a.axis
+        return lambda *xs, out=None: _concatenate(xs, axis, out)
 
     def batched_attrs(self, a, ins, stacked, steps):
         return {"axis": shift_axis(a.axis)} if all(stacked) else None
