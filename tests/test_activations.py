@@ -11,7 +11,9 @@ import pytest
 
 import rgraph as rg
 from rgraph.ir import GraphIR
+from rgraph.ir.op import KernelContext, get_op
 from rgraph.ir.passes import merge_activations
+from rgraph.ir.types import make_type
 from tests.pass_checks import same_results
 
 RNG = np.random.default_rng(5150)
@@ -175,3 +177,26 @@ def test_outside_loops_nothing_changes():
     g.output(g.tanh(g.slice(z, axis=1, start=4, stop=6)), name="t")
     ir = g.ir
     assert merge_activations(ir) is ir
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("batch", [1, 3, 600])
+def test_the_kernel_specialised_to_a_known_size_gives_the_same_bits(dtype, batch):
+    # Told its input's type and dims (as the interpreter does), the tanh form's kernel is
+    # a short one below the size where exp is cheaper; above, or with two runs of
+    # sigmoid blocks, the general one. Either way: the general kernel's bits.
+    op = get_op("gate_activation")
+    rng = np.random.default_rng(batch)
+    for sizes, sigmoid in (([6, 2], [True, False]), ([2, 2, 2], [True, False, True])):
+        attrs = op.Attrs(sizes=sizes, sigmoid=sigmoid)
+        t = make_type(dtype, ("B", sum(sizes)))
+        special = op.kernel(attrs, KernelContext({"B": batch}, inputs=(t,)))
+        general = op.kernel(attrs, KernelContext({}))
+        short = len(sizes) == 2 and batch * sum(sizes) < (512 if dtype == "float64" else 2048)
+        assert (special.__qualname__ != general.__qualname__) == short
+        x = rng.normal(0.0, 3.0, (batch, sum(sizes))).astype(dtype)
+        want = general(x.copy())
+        np.testing.assert_array_equal(special(x.copy()), want)
+        wide = np.full((batch, sum(sizes) + 3), np.nan, dtype)
+        got = special(x.copy(), out=wide[:, 1:-2])  # a strided out, as a concat's piece
+        assert got.base is wide and np.array_equal(wide[:, 1:-2], want)

@@ -7,6 +7,7 @@ broadcast cotangents are reduced to the input shapes by the autodiff driver.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Literal
 
@@ -14,6 +15,7 @@ import numpy as np
 from pydantic import Field
 
 from rgraph.errors import DTypeError, ShapeError
+from rgraph.ir import dims
 from rgraph.ir.op import (
     Attrs,
     KernelContext,
@@ -198,6 +200,35 @@ def _runs(a: GateAttrs, kind: bool) -> list[tuple[Any, slice]]:
     return [(..., slice(start, stop)) for start, stop in runs]
 
 
+def _tanh_form(ctx: KernelContext, gates: list) -> Any:
+    """The tanh form's kernel for an input of known size and dtype below the size where
+    ``exp`` is cheaper, with one run of sigmoid blocks: its four numpy calls and little
+    else (a loop step calls it once); None when that is not known."""
+    if len(ctx.inputs) != 1 or len(gates) != 1:
+        return None
+    t = ctx.inputs[0]
+    try:
+        size = math.prod(dims.evaluate(d, ctx.dims) if isinstance(d, str) else d for d in t.shape)
+    except KeyError:
+        return None
+    dtype = t.np_dtype
+    if size >= _EXP_FROM[dtype]:
+        return None
+    half, (r,) = np.array(0.5, dtype), gates  # 0-d: numpy takes it faster than a float
+    tanh, multiply, add, empty_like = np.tanh, np.multiply, np.add, np.empty_like
+
+    def activate(x, out=None):
+        if out is None:
+            out = empty_like(x)
+        tanh(x, out)
+        part = out[r]
+        multiply(part, half, part)
+        add(part, half, part)
+        return out
+
+    return activate
+
+
 @register
 class GateActivation(Op):
     """``sigmoid(z)`` on the last axis' column blocks marked ``sigmoid``, ``tanh(z)`` on
@@ -215,6 +246,8 @@ class GateActivation(Op):
     Attrs = GateAttrs
     writes_out = True
     flops_per_element = 3
+    specializes = True  # (and the tanh form's choice of calls depends on the size)
+    uses_dims = True
 
     def infer(self, ins, a):
         x = ins[0]
@@ -263,7 +296,7 @@ class GateActivation(Op):
                 np.subtract(part, one, part)
             return out
 
-        return activate
+        return (_tanh_form(ctx, gates) if tanh_form else None) or activate
 
     def vjp(self, g, a, ins, outs, cts):
         # In the tanh form, tanh' = 1 - out^2 and (sigmoid(2 u))' = 2 out (1 - out), which
