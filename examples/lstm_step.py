@@ -210,10 +210,11 @@ def run(seed: int = 0) -> dict:
 
 def main() -> None:
     out = run()
-    print("The compiled program. The forward ends at 'loss'. From the seed d loss/d loss = 1")
-    print("(full_like) on, every node is the generated backward; its '# file:line' names the")
-    print("forward line it differentiates.")
-    print(out["program"])
+    print("The program as autodiff generates it, before the optimising passes (print the")
+    print("program itself for what runs). The forward ends at 'loss'. From the seed")
+    print("d loss/d loss = 1 (full_like) on, every node is the generated backward; its")
+    print("'# file:line' names the forward line it differentiates.")
+    print(out["program"].stages["autodiff"])
     print()
     print(f"loss {float(out['outputs']['loss']):.6f}")
     print(f"ratio of clipped gradient elements {out['ratio_clipped']:.3f}")

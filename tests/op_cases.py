@@ -223,6 +223,13 @@ def _ce_grad(reduction):
     return ref
 
 
+def _ce_and_grad(reduction):
+    def ref(logits, targets, ct, mask=None):
+        return _ce(reduction)(logits, targets, mask), _ce_grad(reduction)(logits, targets, ct, mask)
+
+    return ref
+
+
 def _einsum_matmul(ta, tb):
     def ref(a, b):
         a = a.swapaxes(-1, -2) if ta else a
@@ -919,6 +926,27 @@ for _red in ("mean", "sum", "none"):
             A((4,), gen=mask01(), diff=False, keyword="mask"),
         ],
         _ce_grad(_red),
+        _red + "_mask",
+        attrs={"reduction": _red},
+        grad="raises",
+    )
+    case(
+        "softmax_cross_entropy_and_grad",
+        [A((2, 3, 5)), A((2, 3), "int64", ints(0, 5)), A(() if _red != "none" else (2, 3))],
+        _ce_and_grad(_red),
+        _red,
+        attrs={"reduction": _red},
+        grad="raises",
+    )
+    case(
+        "softmax_cross_entropy_and_grad",
+        [
+            A((4, 5)),
+            A((4,), "int32", ints(0, 5)),
+            A(_out),
+            A((4,), gen=mask01(), diff=False, keyword="mask"),
+        ],
+        _ce_and_grad(_red),
         _red + "_mask",
         attrs={"reduction": _red},
         grad="raises",

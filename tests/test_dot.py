@@ -164,8 +164,11 @@ def test_backward_graph_has_more_nodes_and_tints_them():
     grads = [i for i, a in backward.nodes.items() if ".grad\\n" in a]
     assert len(grads) == len(g.ir.params)
     assert all(backward.nodes[i].startswith(dotlib.STYLE_OUTPUT) for i in grads)
-    # The forward graph's own nodes are not tinted.
-    (sce,) = [i for i, a in backward.nodes.items() if 'label="softmax_cross_entropy\\n' in a]
+    # The forward graph's own nodes are not tinted: the loss too, which the compiled
+    # program makes together with its gradient (fuse_losses).
+    (sce,) = [
+        i for i, a in backward.nodes.items() if 'label="softmax_cross_entropy_and_grad\\n' in a
+    ]
     assert backward.nodes[sce].startswith(dotlib.STYLE_OP)
 
 

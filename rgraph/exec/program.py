@@ -20,6 +20,7 @@ from rgraph.ir.passes import (
     fold_scales,
     fold_transposes,
     forward_identities,
+    fuse_losses,
     hoist,
     merge_activations,
     merge_matmuls,
@@ -259,5 +260,6 @@ def _compile(graph, outputs, loss, wrt, cotangents, optimize, check_finite) -> P
                 stages["merge_hoisted_pieces"] = ir = merge_pieces(ir)
             stages["fold_transposes"] = ir = fold_transposes(ir)
             stages["fold_scales"] = ir = fold_scales(ir)
+            stages["fuse_losses"] = ir = fuse_losses(ir)
         stages["prune_after_cse"] = ir = prune(ir)
     return Program(stages, names, targets, cot, check_finite)

@@ -12,6 +12,7 @@ from rgraph.ir.cost import Cost, elements, nbytes
 from rgraph.ir.op import (
     Attrs,
     Op,
+    get_op,
     like,
     normalize_axis,
     register,
@@ -213,6 +214,36 @@ def _ce_positions(logits, targets):
     return shifted, starts + flat
 
 
+def _exp_shifted(logits, targets, pick):
+    """``exp(logits - max)`` (last axis) as new rows (N, C), their sums (N,), the shifted
+    logits at the targets (N,; if ``pick``) and the targets' positions in the rows' ravel."""
+    shifted, at = _ce_positions(logits, targets)
+    picked = shifted.reshape(-1)[at] if pick else None
+    e = np.exp(shifted, out=shifted)
+    return e, np.add.reduce(e, axis=1), picked, at
+
+
+def _loss(logsums, picked, targets, mask, reduction, dtype):
+    """The loss from the rows' log-sum-exps and the picked logits (both shifted by the
+    row max): -log softmax at the targets, weighted and reduced. Overwrites ``logsums``."""
+    nll = np.subtract(logsums, picked, out=logsums)
+    w = _weights(nll.size, None if mask is None else mask.reshape(-1), reduction, dtype)
+    if w is not None:
+        np.multiply(nll, w, out=nll)
+    return nll.reshape(targets.shape) if reduction == "none" else np.add.reduce(nll)
+
+
+def _grad(e, sums, at, logits, ct, mask, reduction):
+    """``(softmax(logits) - onehot(targets))`` times the weights and ``ct``, written into
+    ``e`` (the rows' exps, with their ``sums``)."""
+    np.divide(e, sums[:, None], out=e)
+    e.reshape(-1)[at] -= 1
+    w = _weights(at.size, None if mask is None else mask.reshape(-1), reduction, logits.dtype)
+    scale = ct.reshape(-1) if w is None else w * ct.reshape(-1)  # (1,) or (N,)
+    np.multiply(e, scale.reshape(-1, 1), out=e)
+    return e.reshape(logits.shape)
+
+
 def _weights(n, mask, reduction, dtype):
     """Flat per-position loss weights: the mask (None: all ones), divided by the count
     (the mask's sum, at least 1) for 'mean'; without a mask that is one scalar."""
@@ -250,16 +281,8 @@ class SoftmaxCrossEntropy(Op):
 
     def kernel(self, a, ctx):
         def loss(logits, targets, mask=None):
-            shifted, at = _ce_positions(logits, targets)
-            mask = None if mask is None else mask.reshape(-1)
-            picked = shifted.reshape(-1)[at]
-            total = np.add.reduce(np.exp(shifted, out=shifted), axis=1)
-            # -log softmax at the targets: logsumexp - picked, both shifted by the max
-            nll = np.subtract(np.log(total, out=total), picked, out=total)
-            w = _weights(at.size, mask, a.reduction, logits.dtype)
-            if w is not None:
-                np.multiply(nll, w, out=nll)
-            return nll.reshape(targets.shape) if a.reduction == "none" else np.add.reduce(nll)
+            _, sums, picked, _ = _exp_shifted(logits, targets, pick=True)
+            return _loss(np.log(sums, out=sums), picked, targets, mask, a.reduction, logits.dtype)
 
         return loss
 
@@ -291,15 +314,37 @@ class SoftmaxCrossEntropyGrad(Op):
 
     def kernel(self, a, ctx):
         def grad(logits, targets, ct, mask=None):
-            # softmax(logits) - onehot(targets): exp(x - max) / sum, written in place
-            p, at = _ce_positions(logits, targets)
-            mask = None if mask is None else mask.reshape(-1)
-            np.exp(p, out=p)
-            np.divide(p, np.add.reduce(p, axis=1, keepdims=True), out=p)
-            p.reshape(-1)[at] -= 1
-            w = _weights(at.size, mask, a.reduction, logits.dtype)
-            scale = ct.reshape(-1) if w is None else w * ct.reshape(-1)  # (1,) or (N,)
-            np.multiply(p, scale.reshape(-1, 1), out=p)
-            return p.reshape(logits.shape)
+            e, sums, _, at = _exp_shifted(logits, targets, pick=False)
+            return _grad(e, sums, at, logits, ct, mask, a.reduction)
 
         return grad
+
+
+@register
+class SoftmaxCrossEntropyAndGrad(Op):
+    """``softmax_cross_entropy`` and its ``softmax_cross_entropy_grad`` for the cotangent
+    ``ct``, from one ``exp`` of the logits: what ``fuse_losses`` makes of the two when
+    the cotangent does not depend on the loss (a training step's seed)."""
+
+    name = "softmax_cross_entropy_and_grad"
+    arity = (3, 4)
+    Attrs = CrossEntropyAttrs
+    input_names = ("mask",)
+
+    def infer(self, ins, a):
+        (loss,) = get_op("softmax_cross_entropy").infer([ins[0], ins[1], *ins[3:]], a)
+        (grad,) = get_op("softmax_cross_entropy_grad").infer(ins, a)
+        return [loss, grad]
+
+    def cost(self, ins, outs, a):
+        # log_softmax (5 per logit), then the gradient from its exp (3 per logit); picks,
+        # weights and sums (5 per position)
+        return Cost(elements(ins[:1]) * 8 + elements(ins[1:2]) * 5, nbytes(outs))
+
+    def kernel(self, a, ctx):
+        def both(logits, targets, ct, mask=None):
+            e, sums, picked, at = _exp_shifted(logits, targets, pick=True)
+            loss = _loss(np.log(sums), picked, targets, mask, a.reduction, logits.dtype)
+            return loss, _grad(e, sums, at, logits, ct, mask, a.reduction)
+
+        return both

@@ -8,6 +8,7 @@ from rgraph.ir.passes.fold import specialize
 from rgraph.ir.passes.hoist import hoist
 from rgraph.ir.passes.identities import forward_identities
 from rgraph.ir.passes.loop_io import pack_loop_io
+from rgraph.ir.passes.losses import fuse_losses
 from rgraph.ir.passes.merge import merge_matmuls
 from rgraph.ir.passes.pieces import merge_pieces
 from rgraph.ir.passes.prune import prune
@@ -23,6 +24,7 @@ __all__ = [
     "fold_scales",
     "fold_transposes",
     "forward_identities",
+    "fuse_losses",
     "hoist",
     "merge_activations",
     "merge_matmuls",
