@@ -971,6 +971,24 @@ def test_updating_in_pieces_changes_nothing(make, monkeypatch):
     assert max(len(group.pieces) for group in opt._layout.groups) > 30
 
 
+@pytest.mark.parametrize("make", FLAT_OPTIMISERS)
+def test_a_big_float32_group_goes_to_float64_one_parameter_at_a_time(make, monkeypatch):
+    # No float64 copy of the float32 gradients for the norm: each goes through a scratch
+    # array in turn. The same bits, clipping by norm included.
+    monkeypatch.setattr(rg.exec.optim, "_WIDE_BYTES", 0)
+    params = mixed_store(42)
+    opt = make()
+    ref, ref_params = PerParameter(opt), copies(params)
+    rng = np.random.default_rng(43)
+    for step in range(1, 4):
+        grads = random_grads(rng, params)
+        stats = opt.step(params, grads)
+        expected = ref.step(ref_params, grads)
+        assert_same_as_reference(opt, ref, params, ref_params, stats, expected, f"step {step}")
+    assert all(group.wide is None for group in opt._layout.groups)
+    assert opt._layout.scratch.size == max(w.size for w in params.values() if w.dtype != np.float64)
+
+
 def stacked_views(grads, rng):
     """The gradients as the interpreter gives those of stacked weights: transposed views
     of one wider buffer, neither C- nor F-contiguous."""

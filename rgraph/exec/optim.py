@@ -270,6 +270,11 @@ _BIG_BYTES = 1 << 16
 _PIECE_BYTES = 1 << 20
 
 
+# A group's gradients of another dtype than float64 up to this many bytes (in float64)
+# are copied to float64 at once for the norm; bigger ones one parameter at a time.
+_WIDE_BYTES = 1 << 19
+
+
 def _bytes(a: np.ndarray) -> memoryview:
     """The memory of C-contiguous ``a`` as a 1-d memoryview of bytes: ``m[:] = other`` is a
     plain copy, a fraction of a numpy call's cost on a small array."""
@@ -317,11 +322,15 @@ class _Group:
         in_order = order == list(range(len(ws)))
         self.index = None if every and in_order else [index[j] for j in order]
         self.w, self.g = np.empty(n, dtype), np.empty(total, dtype)  # flat copies
-        self.wide = None if dtype == _F64 else np.empty(total, _F64)  # g for the norm
+        # g in float64 for the norm, if g is not float64 and small: a big g is converted
+        # piece by piece in the norm (a float64 copy of all of it costs more memory
+        # traffic than the norm's arithmetic).
+        small = total * _F64.itemsize <= _WIDE_BYTES
+        self.wide = np.empty(total, _F64) if dtype != _F64 and small else None
         wide = self.g if self.wide is None else self.wide
         self.state = state = {slot: np.zeros(total, dtype) for slot in olds}
         self.views: list[dict[str, np.ndarray]] = [{} for _ in ws]  # slot -> state array
-        self.vectors = {}  # position -> its gradient's piece of wide
+        self.vectors = {}  # position -> its gradient's piece of wide (or of g)
         self.copies = []  # (piece of w, copied parameter), as bytes
         runs = [(self.w, 0, n)]  # (what holds w, its range of the flat vectors)
         heads = {chain[0]: chain for chain in chains}
@@ -415,6 +424,7 @@ class _Layout:
         "names",
         "owners",
         "params",
+        "scratch",
         "slot_names",
         "total",
         "vectors",
@@ -423,9 +433,14 @@ class _Layout:
 
     def norm(self) -> float:
         """:func:`_norm` of the gradients the groups gathered, bit for bit: the same dots of
-        the same values (in float64, in the step's order), without making copies."""
+        the same values (in float64, in the step's order); a vector of another dtype goes
+        through a float64 scratch array, one at a time."""
         total = 0.0
         for vec in self.vectors:
+            if vec.dtype is not _F64:
+                wide = self.scratch[: vec.size]
+                np.copyto(wide, vec)
+                vec = wide
             total += float(vec.dot(vec))
         return math.sqrt(total)
 
@@ -494,6 +509,8 @@ class _Layout:
         layout.groups = groups
         vectors = {i: vec for group in groups for i, vec in group.vectors.items()}
         layout.vectors = [vectors[i] for i in range(len(names))]  # in the step's order
+        narrow = [v.size for v in layout.vectors if v.dtype is not _F64]
+        layout.scratch = np.empty(max(narrow, default=0), _F64)
         layout.total = sum(w.size for w in ws)
         layout.owners = {id(o) for o in owners} | {id(b) for b in buffers}
         layout.exact = not all(
