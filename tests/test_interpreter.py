@@ -474,3 +474,31 @@ def test_a_plain_2d_product_is_numpy_dot_itself_unless_its_out_may_be_strided():
     dot = undispatched(np.dot)  # np.dot without its __array_function__ dispatch
     assert kernels[plain_name] is dot and kernels[again] is dot
     assert kernels[joined_name] is not dot and kernels[flagged] is not dot
+
+
+def test_feeds_of_shapes_checked_before_are_still_refused_when_wrong():
+    # A run remembers the dims that feeds of its shapes bound; later feeds of other
+    # shapes, dtypes or names are checked in full, and refused as before.
+    g = rg.Graph("remember")
+    x = g.input("x", ("T", "B"))
+    y = g.input("y", ("T", "B"))
+    g.input("unused", ("B",))
+    g.output((x * y).sum(axes=[0]), name="s")
+    interp = rg.Interpreter(g.ir)
+    a, b = np.ones((3, 2)), np.full((3, 2), 2.0)
+    np.testing.assert_array_equal(interp.run({"x": a, "y": b})["s"], [6.0, 6.0])
+    np.testing.assert_array_equal(interp.run({"x": a, "y": 3 * b})["s"], [18.0, 18.0])
+    with pytest.raises(FeedError, match="dim 'T' is 3"):
+        interp.run({"x": a, "y": np.ones((4, 2))})
+    with pytest.raises(FeedError, match="must be float64, got float32"):
+        interp.run({"x": a, "y": b.astype(np.float32)})
+    with pytest.raises(FeedError, match="missing feed for input 'y'"):
+        interp.run({"x": a})
+    with pytest.raises(FeedError, match=r"\['z'\] are not inputs"):
+        interp.run({"x": a, "y": b, "z": b})
+    with pytest.raises(FeedError, match="'unused' axis 0 has size 5"):
+        interp.run({"x": a, "y": b, "unused": np.ones(5)})
+    out = interp.run({"x": a, "y": b, "unused": np.ones(2)})  # checked, then remembered
+    np.testing.assert_array_equal(out["s"], [6.0, 6.0])
+    np.testing.assert_array_equal(interp.run({"x": a, "y": b, "unused": np.ones(2)})["s"], [6, 6])
+    assert len(interp._bindings) == 2

@@ -80,6 +80,10 @@ class Interpreter:
         self._param_kinds = [
             (p, self.slot[p.name], p.type.np_dtype, _concrete(p.type.shape)) for p in self.params
         ]
+        # Feeds already checked: input shapes -> the dims they bound (see _known_binding).
+        self._feed_kinds = [(v.name, v.type.np_dtype) for v in graph.inputs]
+        self._params_bind_nothing = all(shape is not None for *_, shape in self._param_kinds)
+        self._bindings: dict[tuple, dict[str, int]] = {}
         self._prepared: dict[tuple, list[Step]] = {}
         # Kernels that do not depend on dim sizes, and nested interpreters, are kept
         # across bindings (a new sequence length must not mean preparing all again).
@@ -289,12 +293,17 @@ class Interpreter:
         params: Mapping[str, np.ndarray] | None = None,
     ) -> dict[str, np.ndarray]:
         """Outputs by name, from feeds for the graph's inputs and a parameter store."""
-        feeds = dict(feeds or {})
+        given = feeds or {}
+        feeds = dict(given)
         params = params or {}
         values: list[Any] = [None] * len(self.slot)
-        binding: dict[str, int] = {}
         bound_by: dict[str, str] = {}
+        known = self._known_binding(feeds)
+        binding = {} if known is None else known
         for v in self.inputs:
+            if known is not None:  # feeds of a kind checked before
+                values[self.slot[v.name]] = feeds.pop(v.name)
+                continue
             if v.name not in feeds:
                 declared = ", ".join(f"{x.name}: {x.type}" for x in self.inputs)
                 raise FeedError(f"missing feed for input '{v.name}' (inputs: {declared})")
@@ -315,25 +324,63 @@ class Interpreter:
             values[slot] = arr
             if self.check_finite and p.type.is_float and not np.all(np.isfinite(arr)):
                 raise NonFiniteError(f"param '{p.name}' holds {_nonfinite(arr)}")
-        for v in self.graph.inputs:  # fed though unused: still binds its dims
-            if v.name in feeds:
-                _check(feeds.pop(v.name), v.type, "input", v.name, binding, bound_by)
-        unknown = set(feeds)
-        if unknown:
-            raise FeedError(
-                f"feeds {sorted(unknown)} are not inputs of graph '{self.graph.name}'"
-                f" (inputs: {', '.join(v.name for v in self.graph.inputs)})"
-            )
+        if known is None:
+            for v in self.graph.inputs:  # fed though unused: still binds its dims
+                if v.name in feeds:
+                    _check(feeds.pop(v.name), v.type, "input", v.name, binding, bound_by)
+            unknown = set(feeds)
+            if unknown:
+                raise FeedError(
+                    f"feeds {sorted(unknown)} are not inputs of graph '{self.graph.name}'"
+                    f" (inputs: {', '.join(v.name for v in self.graph.inputs)})"
+                )
+            self._remember_binding(given, binding)
         self._execute(values, self._steps(binding))
         if self.arenas is not None:
             self.arenas.trim()
         outputs = {}
         for name in self.graph.outputs:
-            out = np.asarray(values[self.slot[name]])
+            out = values[self.slot[name]]
+            if type(out) is not np.ndarray:
+                out = np.asarray(out)
             # Read-only: a view of parameters (ParamJoin's, or a view of one), which an
             # optimiser changes next. The caller gets its own copy.
             outputs[name] = out if out.flags.writeable else out.copy()
         return outputs
+
+    def _known_binding(self, feeds: Mapping[str, Any]) -> dict[str, int] | None:
+        """The dims bound by an earlier run's feeds of these shapes, if the feeds are
+        ndarrays of their inputs' dtypes: those passed every check then, so these pass
+        them too. None: check them."""
+        if not self._bindings:
+            return None
+        key = self._feed_key(feeds)
+        return None if key is None else self._bindings.get(key)
+
+    def _feed_key(self, feeds: Mapping[str, Any]) -> tuple | None:
+        """The shape fed to each graph input (None: not fed), if every feed is an
+        ndarray of its input's dtype and names an input; else None."""
+        shapes, fed = [], 0
+        for name, dtype in self._feed_kinds:
+            a = feeds.get(name)
+            if a is None:
+                shapes.append(None)
+                continue
+            if type(a) is not np.ndarray or a.dtype != dtype:
+                return None
+            shapes.append(a.shape)
+            fed += 1
+        return tuple(shapes) if fed == len(feeds) else None
+
+    def _remember_binding(self, feeds: Mapping[str, Any], binding: dict[str, int]) -> None:
+        """Keep the binding of checked ``feeds`` for :meth:`_known_binding` (unless a
+        parameter of symbolic shape binds dims too)."""
+        key = self._feed_key(feeds) if self._params_bind_nothing else None
+        if key is None:
+            return
+        if len(self._bindings) >= 256:  # (sequence lengths seen: a bounded memory)
+            self._bindings.clear()
+        self._bindings[key] = dict(binding)
 
     def positional(self, binding: Mapping[str, int]) -> Any:
         """A fast callable ``f(*inputs) -> list of outputs`` with no feed checks.

@@ -68,6 +68,7 @@ class Program:
         self.ir = list(stages.values())[-1]
         self.outputs = tuple(outputs)
         self.wrt = tuple(wrt)
+        self._grad_names = [(w, grad_name(w)) for w in self.wrt]
         self.cotangents = tuple(cotangents)
         self.interpreter = Interpreter(self.ir, check_finite=check_finite)
         # compile(specialize=...): the program for feeds filled with these values, made
@@ -135,7 +136,7 @@ class Program:
         values = self._for(feeds).interpreter.run(feeds, params)
         return Result(
             outputs={n: values[n] for n in self.outputs},
-            grads={w: values[grad_name(w)] for w in self.wrt},
+            grads={w: values[name] for w, name in self._grad_names},
         )
 
 
