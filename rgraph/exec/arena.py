@@ -98,6 +98,9 @@ class ThreadArenas:
         self._local = threading.local()
 
     def empty(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        if math.prod(shape) * dtype.itemsize < MIN_BYTES:  # (as Arena.empty, sooner)
+            return np.empty(shape, dtype)
         arena = getattr(self._local, "arena", None)
         if arena is None:
             arena = self._local.arena = Arena()
