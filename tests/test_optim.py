@@ -954,20 +954,25 @@ def test_gradients_in_another_order(make):
         assert_same_as_reference(opt, ref, params, ref_params, stats, expected, f"step {step}")
 
 
+def steps_as_the_reference(opt, params, seed, steps=3):
+    """``steps`` steps of ``opt`` on ``params`` with random gradients, each checked bit for
+    bit against the per-parameter reference."""
+    ref, ref_params = PerParameter(opt), copies(params)
+    rng = np.random.default_rng(seed)
+    for step in range(1, steps + 1):
+        grads = random_grads(rng, params)
+        stats = opt.step(params, grads)
+        expected = ref.step(ref_params, grads)
+        assert_same_as_reference(opt, ref, params, ref_params, stats, expected, f"step {step}")
+
+
 @pytest.mark.parametrize("make", FLAT_OPTIMISERS)
 def test_updating_in_pieces_changes_nothing(make, monkeypatch):
     # Pieces of 3000 bytes: the flat vectors and the big C-contiguous parameters are cut
     # in many pieces, most ending within a parameter.
     monkeypatch.setattr(rg.exec.optim, "_PIECE_BYTES", 3000)
-    params = mixed_store(35)
     opt = make()
-    ref, ref_params = PerParameter(opt), copies(params)
-    rng = np.random.default_rng(36)
-    for step in range(1, 4):
-        grads = random_grads(rng, params)
-        stats = opt.step(params, grads)
-        expected = ref.step(ref_params, grads)
-        assert_same_as_reference(opt, ref, params, ref_params, stats, expected, f"step {step}")
+    steps_as_the_reference(opt, mixed_store(35), seed=36)
     assert max(len(group.pieces) for group in opt._layout.groups) > 30
 
 
@@ -976,15 +981,8 @@ def test_a_big_float32_group_goes_to_float64_one_parameter_at_a_time(make, monke
     # No float64 copy of the float32 gradients for the norm: each goes through a scratch
     # array in turn. The same bits, clipping by norm included.
     monkeypatch.setattr(rg.exec.optim, "_WIDE_BYTES", 0)
-    params = mixed_store(42)
-    opt = make()
-    ref, ref_params = PerParameter(opt), copies(params)
-    rng = np.random.default_rng(43)
-    for step in range(1, 4):
-        grads = random_grads(rng, params)
-        stats = opt.step(params, grads)
-        expected = ref.step(ref_params, grads)
-        assert_same_as_reference(opt, ref, params, ref_params, stats, expected, f"step {step}")
+    opt, params = make(), mixed_store(42)
+    steps_as_the_reference(opt, params, seed=43)
     assert all(group.wide is None for group in opt._layout.groups)
     assert opt._layout.scratch.size == max(w.size for w in params.values() if w.dtype != np.float64)
 
