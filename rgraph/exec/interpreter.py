@@ -299,7 +299,7 @@ class Interpreter:
         values: list[Any] = [None] * len(self.slot)
         bound_by: dict[str, str] = {}
         known = self._known_binding(feeds)
-        binding = {} if known is None else known
+        binding = {} if known is None else dict(known)  # (the run may add to it)
         for v in self.inputs:
             if known is not None:  # feeds of a kind checked before
                 values[self.slot[v.name]] = feeds.pop(v.name)
