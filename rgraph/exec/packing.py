@@ -109,7 +109,7 @@ def pack(params: Mapping[str, np.ndarray], graph: GraphIR) -> dict[str, np.ndarr
         raise FeedError(f"the parameter store has no {', '.join(map(repr, missing))}")
 
     # Blocks, each (its names, the axis they stack along): the joins, then single arrays.
-    joins = [(names, axis) for names, axis in param_joins(graph)]
+    joins = param_joins(graph)
     joined = {name for names, _ in joins for name in names}
     blocks = joins + [((name,), 0) for name in arrays if name not in joined]
     sizes: dict[np.dtype, int] = {}

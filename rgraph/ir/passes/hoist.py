@@ -185,13 +185,10 @@ def _plain_products(body: GraphIR, num_variant: int) -> GraphIR:
     changed = False
     for n in body.nodes:
         if n.op == "matmul":
-            a = get_op("matmul").node_attrs(n)
-            inputs, flags = list(n.inputs), {}
-            for k, (flag, key) in enumerate(
-                ((a.transpose_a, "transpose_a"), (a.transpose_b, "transpose_b"))
-            ):
+            inputs, dropped = list(n.inputs), set()
+            for k, flag in enumerate(("transpose_a", "transpose_b")):
                 name = inputs[k]
-                if not flag or name in variant or types[name].rank != 2:
+                if not n.attrs.get(flag) or name in variant or types[name].rank != 2:
                     continue
                 if name not in transposed:
                     t = types[name]
@@ -201,9 +198,10 @@ def _plain_products(body: GraphIR, num_variant: int) -> GraphIR:
                     types[var.name] = var.type
                     nodes.append(make_node("transpose", (name,), (var,), {}, n.loc))
                     transposed[name] = var.name
-                inputs[k], flags[key] = transposed[name], False
-            if flags:
-                attrs = {k: v for k, v in n.attrs.items() if k not in flags}
+                inputs[k] = transposed[name]
+                dropped.add(flag)
+            if dropped:
+                attrs = {k: v for k, v in n.attrs.items() if k not in dropped}
                 n = n.model_copy(update={"inputs": tuple(inputs), "attrs": attrs})
                 changed = True
         nodes.append(n)
