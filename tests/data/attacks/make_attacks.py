@@ -182,7 +182,7 @@ def _shift(header: Any, base: int) -> Any:
         }
     for e in _entries(out):
         off = e.get("offset")
-        if type(off) is int:
+        if type(off) is int and off + base < 2**64:  # (else not a msgpack int: as is)
             e["offset"] = off + base
     return out
 
