@@ -62,18 +62,28 @@ def pad_sequences(
 
 @dataclass
 class StepReport:
-    """One training step: the loss, summed NLL over ``count`` tokens, and the update."""
+    """One training step: the loss, summed NLL over ``count`` tokens, and the update
+    (``stats``: what the optimiser's ``step`` returned)."""
 
     step: int
     loss: float
     nll: float
     count: float
-    ratio_clipped: float
-    grad_norm: float
+    stats: Any = None
 
     @property
     def perplexity(self) -> float:
         return perplexity(self.nll, self.count)
+
+    @property
+    def ratio_clipped(self) -> float:
+        return float(getattr(self.stats, "ratio_clipped", 0.0))
+
+    @property
+    def grad_norm(self) -> float:
+        """The gradients' global norm (NaN if the optimiser does not report one), computed
+        when first read (see :class:`~rgraph.exec.optim.StepStats`)."""
+        return float(getattr(self.stats, "grad_norm", float("nan")))
 
 
 class Trainer:
@@ -139,14 +149,7 @@ class Trainer:
         stats = self.optimizer.step(self.params, result.grads)
         self.step_count += 1
         loss, nll, count = (float(result.outputs[n]) for n in self.names)
-        return StepReport(
-            step=self.step_count,
-            loss=loss,
-            nll=nll,
-            count=count,
-            ratio_clipped=float(getattr(stats, "ratio_clipped", 0.0)),
-            grad_norm=float(getattr(stats, "grad_norm", float("nan"))),
-        )
+        return StepReport(step=self.step_count, loss=loss, nll=nll, count=count, stats=stats)
 
     def evaluate(self, batches: Iterable[Mapping[str, Any]]) -> tuple[float, float]:
         """Summed NLL and token count over ``batches``, without updating anything.

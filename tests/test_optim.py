@@ -286,6 +286,54 @@ def test_clip_norm_option_is_clip_then_step(make):
         assert np.array_equal(a[name], b[name]), name
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("make", [rg.RMSProp, rg.Adam])
+def test_grad_norm_is_that_of_its_step_when_read_later(make, dtype, monkeypatch):
+    # Without clip_norm the norm is computed when read: stats still held when the next
+    # step overwrites the optimiser's copy of the gradients keep their own step's norm.
+    opt, params = make(), store(2, dtype)
+    held = []
+    for step in range(4):
+        held.append(opt.step(params, grads_at(step, dtype)))
+    for step, stats in enumerate(held):
+        expected = rg.global_norm(grads_at(step, dtype))
+        assert same_bits(stats.grad_norm, expected), step
+        assert stats.step == step + 1
+
+    # A loop that drops its stats never computes a norm.
+    norms = []
+    measured = rg.exec.optim._Layout.norm
+    monkeypatch.setattr(
+        rg.exec.optim._Layout, "norm", lambda self: norms.append(1) or measured(self)
+    )
+    for step in range(3):
+        opt.step(params, grads_at(step, dtype))
+    assert norms == []
+    stats = opt.step(params, grads_at(9, dtype))
+    assert norms == []
+    assert same_bits(stats.grad_norm, rg.global_norm(grads_at(9, dtype)))
+    assert norms == [1]
+    assert same_bits(stats.grad_norm, rg.global_norm(grads_at(9, dtype)))
+    assert norms == [1]  # computed once
+
+
+def test_step_stats_compare_copy_and_pickle_as_values():
+    import pickle
+
+    opt, params = rg.RMSProp(), store(3)
+    stats = opt.step(params, grads_at(0))
+    again = pickle.loads(pickle.dumps(stats))
+    assert again == stats == copy.deepcopy(stats) == copy.copy(stats)
+    assert (
+        repr(again)
+        == repr(stats)
+        == (f"StepStats(step=1, ratio_clipped={stats.ratio_clipped}, grad_norm={stats.grad_norm})")
+    )
+    assert stats != rg.StepStats(2, stats.ratio_clipped, stats.grad_norm)
+    assert stats != (1, stats.ratio_clipped, stats.grad_norm)
+    pickle.loads(pickle.dumps(opt)).step(params, grads_at(1))  # (holds no weak reference)
+
+
 # --- state -----------------------------------------------------------------------------------
 
 

@@ -36,7 +36,10 @@ def test_step_reports_loss_nll_count_and_perplexity_of_the_batch():
     trainer = make_trainer()
     batch = rg.train.pad_sequences(SENTENCES)
     nll_before, count = trainer.evaluate([batch])
+    grads = trainer.program.run(batch, trainer.params).grads
     report = trainer.step(batch)
+    trainer.step(batch)  # (the norm of the first step is still its own)
+    assert report.grad_norm == rg.global_norm(grads) > 0.0
     assert report.step == 1
     assert report.count == count == sum(len(s) + 1 for s in SENTENCES)
     # The step's figures are those of the parameters before the update.

@@ -43,8 +43,8 @@ import bisect
 import functools
 import math
 import operator
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -152,7 +152,7 @@ def clip_by_global_norm(
     return {name: np.asarray(g) * scale for name, g in grads.items()}, norm
 
 
-def _norm_scale(norm: float, max_norm: float | None) -> float | None:
+def _norm_scale(norm: float | None, max_norm: float | None) -> float | None:
     """The factor global-norm clipping multiplies by, or None to leave gradients alone."""
     if max_norm is None or not math.isfinite(norm) or norm <= max_norm:
         return None
@@ -379,12 +379,9 @@ class _Group:
         ]
 
     def gather(self, grads: Sequence[np.ndarray]) -> None:
-        """Copy this group's gradients (of the step's ``grads``) into ``g``, and into
-        ``wide`` in float64 for the norm if ``g`` is not float64."""
+        """Copy this group's gradients (of the step's ``grads``) into ``g``."""
         mine = grads if self.index is None else [grads[i] for i in self.index]
         np.concatenate(mine, axis=None, out=self.g)
-        if self.wide is not None:
-            np.copyto(self.wide, self.g)
 
     def update(self, opt: Optimizer, scale: float | None) -> int:
         """Update the parameters and state in place with ``opt._update`` from the gradients
@@ -434,7 +431,11 @@ class _Layout:
     def norm(self) -> float:
         """:func:`_norm` of the gradients the groups gathered, bit for bit: the same dots of
         the same values (in float64, in the step's order); a vector of another dtype goes
-        through a float64 scratch array, one at a time."""
+        through a float64 scratch array, one at a time (or all at once, small groups'
+        ``wide``)."""
+        for group in self.groups:
+            if group.wide is not None:
+                np.copyto(group.wide, group.g)
         total = 0.0
         for vec in self.vectors:
             if vec.dtype is not _F64:
@@ -573,7 +574,6 @@ def _increment(dtype: np.dtype, decay: float, clipval: float) -> np.generic:
 # --- the optimisers -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class StepStats:
     """What one :meth:`Optimizer.step` reports.
 
@@ -586,11 +586,45 @@ class StepStats:
         RecurrentJS's ``ratio_clipped``); 0.0 for optimisers that do not clip by value.
     grad_norm
         The global L2 norm of the gradients as given, before any clipping.
+
+    Without ``clip_norm`` a step needs no norm, so it is computed when first read, from
+    the optimiser's copy of the gradients: a training loop that never reads it does not
+    pay for it. The optimiser computes it before its next step overwrites that copy, if
+    these stats are still held by then.
     """
 
-    step: int
-    ratio_clipped: float
-    grad_norm: float
+    __slots__ = ("__weakref__", "_norm", "ratio_clipped", "step")
+
+    def __init__(
+        self, step: int, ratio_clipped: float, grad_norm: float | Callable[[], float]
+    ) -> None:
+        self.step = step
+        self.ratio_clipped = ratio_clipped
+        self._norm = grad_norm  # or what computes it
+
+    @property
+    def grad_norm(self) -> float:
+        norm = self._norm
+        if callable(norm):
+            norm = self._norm = norm()
+        return norm
+
+    def __repr__(self) -> str:
+        return (
+            f"StepStats(step={self.step}, ratio_clipped={self.ratio_clipped}, "
+            f"grad_norm={self.grad_norm})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, StepStats):
+            return NotImplemented
+        mine = (self.step, self.ratio_clipped, self.grad_norm)
+        return mine == (other.step, other.ratio_clipped, other.grad_norm)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple:
+        return StepStats, (self.step, self.ratio_clipped, self.grad_norm)
 
 
 class Optimizer:
@@ -630,6 +664,9 @@ class Optimizer:
     step_count: int
     slots: dict[str, dict[str, np.ndarray]]
     _layout: _Layout | None = None  # the flat state of the last step's parameters
+    # The last step's stats, if their norm is still to be computed from the layout's
+    # copy of the gradients (see StepStats).
+    _unmeasured: weakref.ref[StepStats] | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -646,6 +683,7 @@ class Optimizer:
         # are copied apart, and their first step lays them out anew.
         state = self.__dict__.copy()
         state.pop("_layout", None)
+        state.pop("_unmeasured", None)
         return state
 
     # -- what subclasses provide ------------------------------------------------------------
@@ -712,6 +750,11 @@ class Optimizer:
         OptimizerStateError
             Existing state of a parameter does not match its shape or dtype.
         """
+        if self._unmeasured is not None:  # before this step overwrites their gradients
+            stats = self._unmeasured()
+            if stats is not None:
+                stats.grad_norm  # noqa: B018 - computes it
+            self._unmeasured = None
         layout = self._layout
         gs = None if layout is None else self._fast_check(layout, params, grads)
         if gs is None:
@@ -722,17 +765,20 @@ class Optimizer:
             gs = [g for _, _, g in work]
         for group in layout.groups:
             group.gather(gs)
-        norm = layout.norm()
+        norm = None if self.clip_norm is None else layout.norm()
         scale = _norm_scale(norm, self.clip_norm)
         self.step_count += 1
         clipped = 0
         for group in layout.groups:
             clipped += group.update(self, scale)
-        return StepStats(
-            step=self.step_count,
-            ratio_clipped=clipped / layout.total if layout.total else 0.0,
-            grad_norm=norm,
+        stats = StepStats(
+            self.step_count,
+            clipped / layout.total if layout.total else 0.0,
+            layout.norm if norm is None else norm,
         )
+        if norm is None:
+            self._unmeasured = weakref.ref(stats)
+        return stats
 
     def _step_each(self, work: list[tuple[str, np.ndarray, np.ndarray]]) -> StepStats:
         """The step one parameter after the other, for what the flat path does not take."""
