@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from rgraph.errors import ExecutionError, FeedError, NonFiniteError
-from rgraph.exec.arena import MIN_BYTES, ThreadArenas
+from rgraph.exec.arena import MIN_BYTES, ThreadArenas, allocator
 from rgraph.exec.packing import tiled
 from rgraph.ir import dims
 from rgraph.ir.graph import GraphIR, Node
@@ -80,6 +80,7 @@ class Interpreter:
         self._param_kinds = [
             (p, self.slot[p.name], p.type.np_dtype, _concrete(p.type.shape)) for p in self.params
         ]
+        self._output_slots = [(name, self.slot[name]) for name in graph.outputs]
         # Feeds already checked: input shapes -> the dims they bound (see _known_binding).
         self._feed_kinds = [(v.name, v.type.np_dtype) for v in graph.inputs]
         self._params_bind_nothing = all(shape is not None for *_, shape in self._param_kinds)
@@ -234,9 +235,9 @@ class Interpreter:
     def _allocation(self, c: int, binding: Mapping[str, int]) -> Step:
         """The step making concat ``c``'s array, into the concat's own slot."""
         shape, _ = self._pieces(c, binding)
-        dtype, empty = self.graph.nodes[c].outputs[0].type.np_dtype, self.empty
+        make = allocator(self.empty, shape, self.graph.nodes[c].outputs[0].type.np_dtype)
         slot = self.slot[self.graph.nodes[c].outputs[0].name]
-        return Step(kernel=lambda: empty(shape, dtype), inputs=(), outputs=(slot,), free=(), node=c)
+        return Step(kernel=make, inputs=(), outputs=(slot,), free=(), node=c)
 
     def _in_place(self, step: Step, binding: Mapping[str, int]) -> Step:
         """A maker writing into its slice of the concat's array, or the concat copying
@@ -282,10 +283,10 @@ class Interpreter:
     def _in_arena(self, kernel: Any, t: TensorType, binding: Mapping[str, int]) -> Any:
         """``kernel`` writing its value into the arena, if the value is large."""
         shape = tuple(dims.evaluate(d, binding) for d in t.shape)
-        dtype, empty = t.np_dtype, self.empty
-        if math.prod(shape) * dtype.itemsize < MIN_BYTES:
+        if math.prod(shape) * t.np_dtype.itemsize < MIN_BYTES:
             return kernel
-        return lambda *args: kernel(*args, out=empty(shape, dtype))
+        make = allocator(self.empty, shape, t.np_dtype)
+        return lambda *args: kernel(*args, out=make())
 
     def run(
         self,
@@ -317,7 +318,11 @@ class Interpreter:
                     raise NonFiniteError(f"input '{v.name}' holds {_nonfinite(arr)}")
         for p, slot, dtype, shape in self._param_kinds:
             arr = params.get(p.name)
-            if type(arr) is not np.ndarray or arr.dtype != dtype or arr.shape != shape:
+            if (
+                type(arr) is not np.ndarray
+                or (arr.dtype is not dtype and arr.dtype != dtype)
+                or arr.shape != shape
+            ):
                 if p.name not in params:
                     raise FeedError(f"the parameter store has no '{p.name}' ({p.type})")
                 arr = _check(arr, p.type, "param", p.name, binding, bound_by, strict=True)
@@ -339,8 +344,8 @@ class Interpreter:
         if self.arenas is not None:
             self.arenas.trim()
         outputs = {}
-        for name in self.graph.outputs:
-            out = values[self.slot[name]]
+        for name, slot in self._output_slots:
+            out = values[slot]
             if type(out) is not np.ndarray:
                 out = np.asarray(out)
             # Read-only: a view of parameters (ParamJoin's, or a view of one), which an
@@ -423,10 +428,11 @@ class Interpreter:
         run = self._runs.get(id(steps))
         if run is None:
             run = self._runs[id(steps)] = sched.bind([st.kernel for st in steps])
-        size, consts, nodes, empty = len(self.slot), self.consts, self.graph.nodes, self.empty
+        size, consts, nodes = len(self.slot), self.consts, self.graph.nodes
         carry_slots, inv_slots = in_slots[:nc], in_slots[nc + nx :]
-        buffer_types = [
-            (
+        makers = [
+            allocator(
+                self.empty,
                 tuple(dims.evaluate(d, binding) for d in nodes[i].outputs[0].type.shape),
                 nodes[i].outputs[0].type.np_dtype,
             )
@@ -435,7 +441,7 @@ class Interpreter:
 
         def loop(carries, xs, invariants, ys, order):
             # Fresh buffers per run: concurrent runs of one program share nothing.
-            buffers = [empty(shape, dtype) for shape, dtype in buffer_types]
+            buffers = [make() for make in makers]
             values: list[Any] = [None] * size
             for slot, arr in consts:
                 values[slot] = arr
