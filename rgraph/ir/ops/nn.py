@@ -223,35 +223,35 @@ def _exp_shifted(logits, targets, pick):
     return e, np.add.reduce(e, axis=1), picked, at
 
 
-def _loss(logsums, picked, targets, mask, reduction, dtype):
+def _loss(logsums, picked, targets, w, reduction):
     """The loss from the rows' log-sum-exps and the picked logits (both shifted by the
-    row max): -log softmax at the targets, weighted and reduced. Overwrites ``logsums``."""
+    row max): -log softmax at the targets, times the weights ``w`` (see :func:`_weights`)
+    and reduced. Overwrites ``logsums``."""
     nll = np.subtract(logsums, picked, out=logsums)
-    w = _weights(nll.size, None if mask is None else mask.reshape(-1), reduction, dtype)
     if w is not None:
         np.multiply(nll, w, out=nll)
     return nll.reshape(targets.shape) if reduction == "none" else np.add.reduce(nll)
 
 
-def _grad(e, sums, at, logits, ct, mask, reduction):
-    """``(softmax(logits) - onehot(targets))`` times the weights and ``ct``, written into
-    ``e`` (the rows' exps, with their ``sums``)."""
+def _grad(e, sums, at, logits, ct, w):
+    """``(softmax(logits) - onehot(targets))`` times the weights ``w`` and ``ct``, written
+    into ``e`` (the rows' exps, with their ``sums``)."""
     np.divide(e, sums[:, None], out=e)
     e.reshape(-1)[at] -= 1
-    w = _weights(at.size, None if mask is None else mask.reshape(-1), reduction, logits.dtype)
     scale = ct.reshape(-1) if w is None else w * ct.reshape(-1)  # (1,) or (N,)
     np.multiply(e, scale.reshape(-1, 1), out=e)
     return e.reshape(logits.shape)
 
 
-def _weights(n, mask, reduction, dtype):
+def _weights(targets, mask, reduction, dtype):
     """Flat per-position loss weights: the mask (None: all ones), divided by the count
     (the mask's sum, at least 1) for 'mean'; without a mask that is one scalar."""
+    flat = None if mask is None else mask.reshape(-1)
     if reduction != "mean":
-        return mask
-    if mask is None:
-        return dtype.type(1) / dtype.type(max(n, 1))
-    return mask / dtype.type(max(float(np.add.reduce(mask)), 1.0))
+        return flat
+    if flat is None:
+        return dtype.type(1) / dtype.type(max(targets.size, 1))
+    return flat / dtype.type(max(float(np.add.reduce(flat)), 1.0))
 
 
 @register
@@ -267,6 +267,7 @@ class SoftmaxCrossEntropy(Op):
     arity = (2, 3)
     Attrs = CrossEntropyAttrs
     input_names = ("mask",)
+    unit_inputs = ("mask",)
 
     def infer(self, ins, a):
         _check_ce(ins[0], ins[1], ins[2] if len(ins) > 2 else None)
@@ -282,7 +283,8 @@ class SoftmaxCrossEntropy(Op):
     def kernel(self, a, ctx):
         def loss(logits, targets, mask=None):
             _, sums, picked, _ = _exp_shifted(logits, targets, pick=True)
-            return _loss(np.log(sums, out=sums), picked, targets, mask, a.reduction, logits.dtype)
+            w = _weights(targets, mask, a.reduction, logits.dtype)
+            return _loss(np.log(sums, out=sums), picked, targets, w, a.reduction)
 
         return loss
 
@@ -299,6 +301,7 @@ class SoftmaxCrossEntropyGrad(Op):
     arity = (3, 4)
     Attrs = CrossEntropyAttrs
     input_names = ("mask",)
+    unit_inputs = ("mask",)
 
     def infer(self, ins, a):
         logits, targets, ct = ins[:3]
@@ -315,7 +318,9 @@ class SoftmaxCrossEntropyGrad(Op):
     def kernel(self, a, ctx):
         def grad(logits, targets, ct, mask=None):
             e, sums, _, at = _exp_shifted(logits, targets, pick=False)
-            return _grad(e, sums, at, logits, ct, mask, a.reduction)
+            return _grad(
+                e, sums, at, logits, ct, _weights(targets, mask, a.reduction, logits.dtype)
+            )
 
         return grad
 
@@ -330,6 +335,7 @@ class SoftmaxCrossEntropyAndGrad(Op):
     arity = (3, 4)
     Attrs = CrossEntropyAttrs
     input_names = ("mask",)
+    unit_inputs = ("mask",)
 
     def infer(self, ins, a):
         (loss,) = get_op("softmax_cross_entropy").infer([ins[0], ins[1], *ins[3:]], a)
@@ -344,7 +350,8 @@ class SoftmaxCrossEntropyAndGrad(Op):
     def kernel(self, a, ctx):
         def both(logits, targets, ct, mask=None):
             e, sums, picked, at = _exp_shifted(logits, targets, pick=True)
-            loss = _loss(np.log(sums), picked, targets, mask, a.reduction, logits.dtype)
-            return loss, _grad(e, sums, at, logits, ct, mask, a.reduction)
+            w = _weights(targets, mask, a.reduction, logits.dtype)
+            loss = _loss(np.log(sums), picked, targets, w, a.reduction)
+            return loss, _grad(e, sums, at, logits, ct, w)
 
         return both
