@@ -71,6 +71,30 @@ def test_a_product_that_broadcasts_the_other_operand_stays():
     np.testing.assert_array_equal(got["y"], np.broadcast_to(x_val, (2, 3)))
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_a_loss_goes_without_its_mask_of_ones_with_the_same_bits(reduction):
+    g = rg.Graph("masked_loss")
+    logits = g.input("logits", ("N", 5))
+    targets = g.input("targets", ("N",), dtype="int32")
+    mask = g.input("mask", ("N",))
+    g.output(g.softmax_cross_entropy(logits, targets, mask=mask, reduction=reduction), name="y")
+    program = rg.compile(g, ["y"], cotangents=["y"], wrt=["logits"], specialize={"mask": 1.0})
+    after = program.specialized.ir
+    losses = [n for n in after.nodes if n.op.startswith("softmax_cross_entropy")]
+    assert losses and all(len(n.inputs) == len(losses[0].inputs) for n in losses)
+    assert all("mask_filled" not in name for n in losses for name in n.inputs)
+    feeds = {
+        "logits": normal(6, 5),
+        "targets": RNG.integers(0, 5, 6).astype(np.int32),
+        "mask": np.ones(6),
+    }
+    ct = {"y": normal(6) if reduction == "none" else np.asarray(0.7)}
+    general = rg.compile(g, ["y"], cotangents=["y"], wrt=["logits"])
+    want, got = general.run(feeds, {}, ct), program.run(feeds, {}, ct)
+    assert got.outputs["y"].tobytes() == want.outputs["y"].tobytes()
+    assert got.grads["logits"].tobytes() == want.grads["logits"].tobytes()
+
+
 def _masked_loop(reverse: bool = False) -> rg.Graph:
     g = rg.Graph("masked")
     xs = g.input("xs", ("T", "B", 3))

@@ -66,6 +66,9 @@ class Op:
     Attrs: ClassVar[type[Attrs]] = NoAttrs
     # Optional trailing inputs that the builder also takes as keywords (``mask=``).
     input_names: ClassVar[tuple[str, ...]] = ()
+    # Of those, the ones the op computes the same without when they hold 1.0 everywhere
+    # (a padding mask of ones): ``specialize`` drops them.
+    unit_inputs: ClassVar[tuple[str, ...]] = ()
     # Attrs fields holding nested graphs; the IR keeps them in ``Node.bodies``.
     body_names: ClassVar[tuple[str, ...]] = ()
     # Whether the kernel depends on the sizes of symbolic dims (else it is prepared once).

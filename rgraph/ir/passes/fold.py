@@ -33,6 +33,8 @@ def specialize(graph: GraphIR, values: Mapping[str, float]) -> GraphIR:
     - an elementwise op of filled values is a filled value;
     - ``x * 1``, ``1 * x``, ``x + 0``, ``0 + x`` and ``x - 0`` are ``x`` (same type);
     - ``x * 0`` and ``0 * x`` are zeros (for finite ``x``);
+    - an optional input of ones that the op goes without (``Op.unit_inputs``: a loss's
+      mask) is dropped;
     - a filled value given to a loop, per step or whole, is filled in its body too.
 
     Before: ``m: input; k = sub(1, m); h = add(eltmul(m, new), eltmul(k, old))``
@@ -90,6 +92,8 @@ def _fold(graph: GraphIR, body: bool = False) -> GraphIR:
             filled[out.name] = 0.0
             nodes.append(_full(out, 0.0))
             continue
+        if ins and ins[-1] == 1.0 and _unit_last(node):
+            node = node.model_copy(update={"inputs": node.inputs[:-1]})
         if node.op == "scan":
             node = _into_loop(node, filled, types, names)
         nodes.append(node)
@@ -136,6 +140,18 @@ def _identity_operand(node: Node, ins: list, types: dict[str, TensorType]) -> st
 
 def _zero_product(node: Node, ins: list) -> bool:
     return node.op == "eltmul" and 0.0 in ins
+
+
+def _unit_last(node: Node) -> bool:
+    """Whether ``node``'s last input is an optional one its op goes without when it holds
+    1.0 everywhere (``Op.unit_inputs``)."""
+    op = get_op(node.op)
+    extra = len(node.inputs) - op.arity[0]  # how many optional inputs it has
+    return (
+        bool(op.unit_inputs)
+        and 0 < extra <= len(op.input_names)
+        and (op.input_names[extra - 1] in op.unit_inputs)
+    )
 
 
 def _into_loop(node: Node, filled: dict[str, float], types, names: FreshNames) -> Node:
