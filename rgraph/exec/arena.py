@@ -24,6 +24,12 @@ from typing import Any
 import numpy as np
 
 MIN_BYTES = 1 << 16  # smaller arrays come from numpy's allocator: reused without faults
+# Free buffers held beyond the busiest run's use: a quarter of it, at most this many bytes.
+# Batches of varying lengths need buffers of a few size classes, more than any one run
+# uses; without the slack each miss lets go of a free buffer that the next batch makes
+# again (config B: 20-80 page faults per step, 1-2% of it). Capped, so that large models
+# hold a few MB more, not a quarter more.
+SLACK_BYTES = 1 << 22
 
 
 class Arena:
@@ -43,7 +49,8 @@ class Arena:
     def __init__(self) -> None:
         self.buffers: list[np.ndarray] = []  # bytes, each owned by the arena alone when free
         self.peak = 0  # the most bytes of buffers in use at once since the last trim
-        self.budget = 0  # the most any run had in use at once: more is held only while in use
+        # The most any run had in use at once: more (beyond a slack) is held only while in use.
+        self.budget = 0
 
     def empty(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         """An uninitialised array of ``shape`` and ``dtype``: in the smallest free buffer
@@ -60,9 +67,9 @@ class Arena:
         if best is None:
             # A size class a little larger than asked (steps of 2 ** (1/4)): the same
             # value of a slightly longer sequence fits in it next time. Free buffers go,
-            # largest first, beyond what the busiest run had in use.
+            # largest first, beyond what the busiest run had in use and a slack.
             capacity = int(2 ** (math.ceil(4 * math.log2(size)) / 4))
-            self._shrink_to(self.budget - capacity)
+            self._shrink_to(self.budget + min(self.budget // 4, SLACK_BYTES) - capacity)
             best = np.empty(max(capacity, size), np.uint8)
             self.buffers.append(best)
         out = best[:size].view(dtype).reshape(shape)
@@ -87,8 +94,9 @@ class Arena:
 
     def trim(self) -> None:
         """End a run (a run calls it at its end): the budget of free memory to hold is the
-        most any run had in use at once, so that sequences of every length seen so far
-        find their buffers (fresh memory costs a page fault per 4 KiB)."""
+        most any run had in use at once (and a slack, see ``SLACK_BYTES``), so that
+        sequences of every length seen so far find their buffers (fresh memory costs a
+        page fault per 4 KiB)."""
         self.budget = max(self.budget, self.peak)
         self.peak = 0
 
