@@ -58,6 +58,30 @@ def test_a_scaled_product_scales_its_matrix_by_columns(transpose_b):
     np.testing.assert_allclose(got["y"], (feeds["x"] @ weights) * SCALE, rtol=1e-14)
 
 
+@pytest.mark.parametrize("form", ["transpose_b", "transpose"])
+def test_a_scale_of_equal_blocks_scales_blocks_of_rows(form):
+    # Gates' scales: one value per block of rows of a stacked weight. [.5 .5 .5 .5 1 1]
+    # is three blocks of two rows.
+    blocks = np.array([0.5, 0.5, 0.5, 0.5, 1.0, 1.0])
+    g = rg.Graph("blocks")
+    x = g.input("x", ("N", 4))
+    W = g.input("W", (6, 4))
+    if form == "transpose_b":
+        z = g.matmul(x, W, transpose_b=True)
+    else:
+        z = g.matmul(x, g.transpose(W))
+    g.output(g.eltmul(z, g.const(blocks)), name="y")
+    before = g.ir
+    after = fold_scales(before)
+    ((w, scale),) = muls(after)
+    (const,) = [c for c in after.consts if c.name == scale]
+    assert const.type.shape == (3, 1, 1) and list(const.data) == [0.5, 0.5, 1.0]
+    assert after.types()[w].shape == (3, 2, 4)
+    feeds = {"x": RNG.normal(size=(5, 4)), "W": RNG.normal(size=(6, 4))}
+    got = same_results(before, after, feeds)
+    np.testing.assert_array_equal(got["y"], feeds["x"] @ (feeds["W"] * blocks[:, None]).T)
+
+
 def test_a_transposed_matrix_times_a_constant_vector_is_computed_in_the_matrix_order():
     g = rg.Graph("scaled")
     w = g.input("w", (6, 4))
