@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 
 MIN_BYTES = 1 << 16  # smaller arrays come from numpy's allocator: reused without faults
-# Free buffers held beyond the busiest run's use: a quarter of it, at most this many bytes.
+# Free buffers held beyond the busiest run's use: half of it, at most this many bytes.
 # Batches of varying lengths need buffers of a few size classes, more than any one run
 # uses; without the slack each miss lets go of a free buffer that the next batch makes
 # again (config B: 20-80 page faults per step, 1-2% of it). Capped, so that large models
-# hold a few MB more, not a quarter more.
+# hold a few MB more, not half as much again.
 SLACK_BYTES = 1 << 22
 
 
@@ -60,21 +60,31 @@ class Arena:
         size = math.prod(shape) * dtype.itemsize
         if size < MIN_BYTES:
             return np.empty(shape, dtype)
-        # References to a free buffer: the list, the comprehension's variable and
-        # getrefcount's argument; any more is an array made from it.
-        free = [b for b in self.buffers if size <= b.nbytes < 2 * size and sys.getrefcount(b) == 3]
-        best = min(free, key=lambda b: b.nbytes, default=None)
+        best, used = self._fit(size)
         if best is None:
             # A size class a little larger than asked (steps of 2 ** (1/4)): the same
             # value of a slightly longer sequence fits in it next time. Free buffers go,
             # largest first, beyond what the busiest run had in use and a slack.
             capacity = int(2 ** (math.ceil(4 * math.log2(size)) / 4))
-            self._shrink_to(self.budget + min(self.budget // 4, SLACK_BYTES) - capacity)
+            self._shrink_to(self.budget + min(self.budget // 2, SLACK_BYTES) - capacity)
             best = np.empty(max(capacity, size), np.uint8)
             self.buffers.append(best)
-        out = best[:size].view(dtype).reshape(shape)
-        self.peak = max(self.peak, sum(b.nbytes for b in self.buffers if sys.getrefcount(b) > 3))
-        return out
+        self.peak = max(self.peak, used + best.nbytes)
+        return best[:size].view(dtype).reshape(shape)
+
+    def _fit(self, size: int) -> tuple[np.ndarray | None, int]:
+        """The smallest free buffer of ``size`` to ``2 * size`` bytes (None: none), and the
+        bytes of the buffers in use, in one pass."""
+        best, used = None, 0
+        for b in self.buffers:
+            # References to a free buffer here: the list, the loop's variable and
+            # getrefcount's argument; any more is an array made from it.
+            n = b.nbytes
+            if sys.getrefcount(b) > 3:
+                used += n
+            elif size <= n < 2 * size and (best is None or n < best.nbytes):
+                best = b
+        return best, used
 
     def _shrink_to(self, limit: int) -> None:
         """Let go of free buffers, largest first, until the arena holds at most ``limit``
