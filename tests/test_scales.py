@@ -66,10 +66,8 @@ def test_a_scale_of_equal_blocks_scales_blocks_of_rows(form):
     g = rg.Graph("blocks")
     x = g.input("x", ("N", 4))
     W = g.input("W", (6, 4))
-    if form == "transpose_b":
-        z = g.matmul(x, W, transpose_b=True)
-    else:
-        z = g.matmul(x, g.transpose(W))
+    transposed = g.transpose(W) if form == "transpose" else W
+    z = g.matmul(x, transposed, transpose_b=form == "transpose_b")
     g.output(g.eltmul(z, g.const(blocks)), name="y")
     before = g.ir
     after = fold_scales(before)
