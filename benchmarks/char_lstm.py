@@ -36,9 +36,11 @@ the numpy ones). A process builds the model, runs one forward and backward on a 
 every sequence length the measurement will see (parameters untouched: shape caches warm
 up), then ``--warmup`` training steps; then the parent asks the processes in turn, in a
 rotating order, for repetitions of ``--steps`` training steps on the next batches, and
-reports medians. Peak memory of config C: ``tracemalloc``'s peak for the numpy
-implementations (from building the model to the end of a few training steps) and, for
-every implementation, the growth of the peak RSS over the RSS before building.
+reports medians; and the median of rgraph's rate over each reference's, round by round
+(the machine's slower and faster spells then touch both sides of a ratio). Peak memory
+of config C: ``tracemalloc``'s peak for the numpy implementations (from building the
+model to the end of a few training steps) and, for every implementation, the growth of
+the peak RSS over the RSS before building.
 """
 
 from __future__ import annotations
@@ -458,6 +460,30 @@ def print_table(results: dict, impls: list[str]) -> None:
             for r in refs:
                 row.append(f"{res['rgraph']['chars_per_s'] / res[r]['chars_per_s']:.2f}x")
         rows.append(row)
+    _print_rows(head, rows)
+
+
+def paired_ratios(res: dict, ref: str) -> list[float]:
+    """rgraph's rate over ``ref``'s, round by round: a round runs every implementation
+    once, one right after the other, so a slower or faster spell of the machine touches
+    both sides of a ratio (medians of the rates alone compare different spells)."""
+    return [a / b for a, b in zip(res["rgraph"]["rates"], res[ref]["rates"])]
+
+
+def print_paired(results: dict, impls: list[str]) -> None:
+    refs = [i for i in impls if i != "rgraph"]
+    head = ["config", "dtype", *(f"rgraph/{r}" for r in refs)]
+    rows = []
+    for (cfg, dtype), res in results.items():
+        row = [cfg, dtype]
+        for r in refs:
+            ratios = paired_ratios(res, r)
+            row.append(f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})")
+        rows.append(row)
+    _print_rows(head, rows)
+
+
+def _print_rows(head: list[str], rows: list[list]) -> None:
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     line = "| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |"
     print(line)
@@ -690,6 +716,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
     print("\nchars/s (medians):")
     print_table(results, impls)
+    if "rgraph" in impls and len(impls) > 1:
+        print("\nrgraph / reference, round by round: median (min-max) of the rounds' ratios:")
+        print_paired(results, impls)
 
     memory: dict = {}
     if not args.no_memory and any(c.name == "C" for c in cfgs):
