@@ -250,7 +250,7 @@ def save(
             crc32=crcs[i],
         )
 
-    graph_data = ir.model_dump(mode="json")  # once: encode runs until offsets settle
+    graph_data = _portable(ir.model_dump(mode="json"))  # once: encode runs until offsets settle
 
     def encode(offsets: list[int]) -> bytes:
         header: dict[str, Any] = {
@@ -709,6 +709,25 @@ def _blob_ranges(view: memoryview, pos: int, nblobs: int) -> list[tuple[int, int
     if pos != len(view):
         raise FormatError(f"byte {pos}: {len(view) - pos} trailing bytes after the last blob")
     return ranges
+
+
+def _portable(data: Any) -> Any:
+    """The dumped graph ``data`` with each node's source file named without its folders:
+    a file exchanged with others does not tell where its author keeps their code."""
+    if isinstance(data, dict):
+        out = {key: _portable(value) for key, value in data.items()}
+        loc = out.get("loc")
+        if isinstance(loc, dict) and isinstance(loc.get("file"), str):
+            out["loc"] = {**loc, "file": _file_name(loc["file"])}
+        return out
+    if isinstance(data, list):
+        return [_portable(item) for item in data]
+    return data
+
+
+def _file_name(path: str) -> str:
+    """``path``'s last part, whichever separator the saving system used."""
+    return path.replace("\\", "/").rsplit("/", 1)[-1]
 
 
 def _check_layout(located: list[tuple[TensorEntry, str]], blobs: list[tuple[int, int]]) -> None:
