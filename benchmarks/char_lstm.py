@@ -87,8 +87,10 @@ class Config:
 
 
 CONFIGS = {
-    "A": Config("A", 5, (20, 20), 1, steps=50, warmup=5),
-    "B": Config("B", 32, (128, 128), 1, steps=20, warmup=3),
+    # (A and B: repetitions of about half a second; shorter ones caught single spells of
+    # a VM whose speed changes every few seconds)
+    "A": Config("A", 5, (20, 20), 1, steps=200, warmup=5),
+    "B": Config("B", 32, (128, 128), 1, steps=80, warmup=3),
     "C": Config("C", 32, (128, 128), 32, steps=5, warmup=2),
 }
 IMPLS = ("rgraph", "handwritten", "torch", "torch-cell")
@@ -636,7 +638,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtypes", default="float64,float32")
     ap.add_argument("--impls", default=",".join(IMPLS))
     ap.add_argument("--steps", type=int, help="training steps per repetition (default per config)")
-    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=9)
     ap.add_argument("--quick", action="store_true", help="3 repetitions of fewer steps")
     ap.add_argument("--check", action="store_true", help="compare loss and gradients only")
     ap.add_argument("--profile", metavar="CONFIGS", help="cProfile rgraph's step only")
