@@ -32,6 +32,12 @@ MIN_BYTES = 1 << 16  # smaller arrays come from numpy's allocator: reused withou
 SLACK_BYTES = 1 << 22
 
 
+def small(shape: tuple[int, ...], dtype: np.dtype) -> bool:
+    """Whether an array of ``shape`` and ``dtype`` comes from numpy's allocator, not an
+    arena (``MIN_BYTES``)."""
+    return math.prod(shape) * dtype.itemsize < MIN_BYTES
+
+
 class Arena:
     """Buffers for one thread's runs; :meth:`empty` is ``np.empty`` from them.
 
@@ -119,7 +125,7 @@ class ThreadArenas:
 
     def empty(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         dtype = np.dtype(dtype)
-        if math.prod(shape) * dtype.itemsize < MIN_BYTES:  # (as Arena.empty, sooner)
+        if small(shape, dtype):  # (as Arena.empty, sooner)
             return np.empty(shape, dtype)
         arena = getattr(self._local, "arena", None)
         if arena is None:
@@ -142,6 +148,6 @@ def allocator(empty: Callable[..., np.ndarray], shape: tuple[int, ...], dtype: A
     ((2, 3), dtype('float32'))
     """
     dtype = np.dtype(dtype)
-    if math.prod(shape) * dtype.itemsize < MIN_BYTES:
+    if small(shape, dtype):
         return functools.partial(np.empty, shape, dtype)
     return functools.partial(empty, shape, dtype)

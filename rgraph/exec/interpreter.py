@@ -7,7 +7,6 @@ prepared steps depend on the sizes of symbolic dims, so they are cached per bind
 
 from __future__ import annotations
 
-import math
 import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -16,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from rgraph.errors import ExecutionError, FeedError, NonFiniteError
-from rgraph.exec.arena import MIN_BYTES, ThreadArenas, allocator
+from rgraph.exec.arena import ThreadArenas, allocator, small
 from rgraph.exec.packing import tiled
 from rgraph.ir import dims
 from rgraph.ir.graph import GraphIR, Node
@@ -283,7 +282,7 @@ class Interpreter:
     def _in_arena(self, kernel: Any, t: TensorType, binding: Mapping[str, int]) -> Any:
         """``kernel`` writing its value into the arena, if the value is large."""
         shape = tuple(dims.evaluate(d, binding) for d in t.shape)
-        if math.prod(shape) * t.np_dtype.itemsize < MIN_BYTES:
+        if small(shape, t.np_dtype):
             return kernel
         make = allocator(self.empty, shape, t.np_dtype)
         return lambda *args: kernel(*args, out=make())
