@@ -254,8 +254,17 @@ def _weights(targets, mask, reduction, dtype):
     return flat / dtype.type(max(float(np.add.reduce(flat)), 1.0))
 
 
+class CrossEntropyFamily(Op):
+    """What the cross-entropy ops share: ``reduction``, and an optional ``mask`` that a
+    mask of ones is the same as leaving out."""
+
+    Attrs = CrossEntropyAttrs
+    input_names = ("mask",)
+    unit_inputs = ("mask",)
+
+
 @register
-class SoftmaxCrossEntropy(Op):
+class SoftmaxCrossEntropy(CrossEntropyFamily):
     """Cross-entropy of ``softmax(logits)`` (last axis) against integer ``targets``.
 
     Optional ``mask`` (shape of targets, logits' dtype) weights positions; ``reduction``
@@ -265,9 +274,6 @@ class SoftmaxCrossEntropy(Op):
 
     name = "softmax_cross_entropy"
     arity = (2, 3)
-    Attrs = CrossEntropyAttrs
-    input_names = ("mask",)
-    unit_inputs = ("mask",)
 
     def infer(self, ins, a):
         _check_ce(ins[0], ins[1], ins[2] if len(ins) > 2 else None)
@@ -294,14 +300,11 @@ class SoftmaxCrossEntropy(Op):
 
 
 @register
-class SoftmaxCrossEntropyGrad(Op):
+class SoftmaxCrossEntropyGrad(CrossEntropyFamily):
     """d loss / d logits of softmax_cross_entropy, times the upstream cotangent ``g``."""
 
     name = "softmax_cross_entropy_grad"
     arity = (3, 4)
-    Attrs = CrossEntropyAttrs
-    input_names = ("mask",)
-    unit_inputs = ("mask",)
 
     def infer(self, ins, a):
         logits, targets, ct = ins[:3]
@@ -326,16 +329,13 @@ class SoftmaxCrossEntropyGrad(Op):
 
 
 @register
-class SoftmaxCrossEntropyAndGrad(Op):
+class SoftmaxCrossEntropyAndGrad(CrossEntropyFamily):
     """``softmax_cross_entropy`` and its ``softmax_cross_entropy_grad`` for the cotangent
     ``ct``, from one ``exp`` of the logits: what ``fuse_losses`` makes of the two when
     the cotangent does not depend on the loss (a training step's seed)."""
 
     name = "softmax_cross_entropy_and_grad"
     arity = (3, 4)
-    Attrs = CrossEntropyAttrs
-    input_names = ("mask",)
-    unit_inputs = ("mask",)
 
     def infer(self, ins, a):
         (loss,) = get_op("softmax_cross_entropy").infer([ins[0], ins[1], *ins[3:]], a)
