@@ -2,11 +2,11 @@
 
 Parameters are filled boxes, inputs and outputs filled ellipses (outputs doubly outlined),
 constants notes, ops rounded boxes. A loop body (a ``scan``'s ``body``) is drawn once, as
-a ``subgraph cluster_...`` with its own nodes whatever the number of steps: edges from
-the enclosing graph enter the cluster at the body's inputs (carries, per-step slices and
-captured values), the body's results leave it for the loop node, and dashed edges show
-each carry going round to the next step. With ``forward=`` (the graph before autodiff),
-nodes the backward pass added are tinted.
+a ``subgraph cluster_...`` with its own nodes whatever the number of steps (a ``map``'s
+body likewise): edges from the enclosing graph enter the cluster at the body's inputs
+(carries, per-step slices and captured values), the body's results leave it for the loop
+node, and dashed edges show each carry going round to the next step. With ``forward=``
+(the graph before autodiff), nodes the backward pass added are tinted.
 
 Node ids are generated (``n0``, ``n1``, ...), so value names never need to be valid DOT
 ids; names and labels are quoted and escaped. The text is built as a list of lines and

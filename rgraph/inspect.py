@@ -399,16 +399,15 @@ def _backward(graph: GraphIR) -> tuple[tuple[int, int], Cost]:
     the nodes whose outputs the forward program (the stage before autodiff) lacks."""
     program = training_program(graph)
     names = list(program.stages)
-    before = program.stages[names[names.index("autodiff") - 1]]
-    forward = before.types()
-    ir = program.ir
-    generated = [i for i, n in enumerate(ir.nodes) if not any(o.name in forward for o in n.outputs)]
-    keep = set(generated)
+    forward = program.stages[names[names.index("autodiff") - 1]].types()
+    rows = []  # a map's nodes in its place: it runs forward and backward nodes together
+    for node, c in node_costs(program.ir):
+        rows += node_costs(node.bodies["body"]) if node.op == "map" else [(node, c)]
+    generated = [(n, c) for n, c in rows if not any(o.name in forward for o in n.outputs)]
     flops, size = Poly(), Poly()
-    for i, (_, c) in enumerate(node_costs(ir)):
-        if i in keep:
-            flops, size = flops + c.flops, size + c.bytes
-    return _count([ir.nodes[i] for i in generated]), Cost(flops, size)
+    for _, c in generated:
+        flops, size = flops + c.flops, size + c.bytes
+    return _count([n for n, _ in generated]), Cost(flops, size)
 
 
 # --- text ---------------------------------------------------------------------------------

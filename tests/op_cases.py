@@ -1096,6 +1096,36 @@ case(
 )
 
 
+def _map_body(dtype: str):
+    """Rows apart: ``y = tanh(x) * w + c`` and ``z = [y, x]`` on each row of ``T``."""
+    import rgraph as rg
+
+    b = rg.Graph("rows")
+    x = b.input("x", ("T", 2, 3), dtype)
+    c = b.input("c", ("T", 2, 1), dtype)
+    w = b.input("w", (3,), dtype)
+    y = b.output(b.tanh(x) * w + c, name="y")
+    b.output(b.concat([y, x], axis=-1), name="z")
+    return b.ir
+
+
+def _map_ref(x, c, w):
+    y = np.tanh(x) * w + c
+    return y, np.concatenate([y, x], axis=-1)
+
+
+case(
+    "map",
+    [A(("T", 2, 3)), A(("T", 2, 1)), A((3,))],
+    _map_ref,
+    "sym",
+    attrs=lambda dtype: {"body": _map_body(dtype), "dim": "T", "num_xs": 2},
+    bindings=SIZES,
+    sym_out=(("T", 2, 3), ("T", 2, 6)),
+    grad="raises",
+)
+
+
 def _check_ids_unique() -> None:
     seen: set[str] = set()
     for c in CASES:

@@ -157,7 +157,8 @@ def test_backward_graph_has_more_nodes_and_tints_them():
     backward = Parsed(text)
     # The forward graph, and at least a node per parameter's gradient besides.
     assert len(backward.nodes) > len(forward.nodes) + len(g.ir.params)
-    assert len(backward.clusters) == 2  # the forward scan and the reverse one (BPTT)
+    # The forward scan, the reverse one (BPTT), and the map of the derivatives (tile).
+    assert len(backward.clusters) == 3
     assert "reverse" in text
     tinted = [i for i, a in backward.nodes.items() if a.startswith(dotlib.STYLE_BACKWARD_OP)]
     assert len(tinted) > 10

@@ -376,7 +376,7 @@ def test_every_op_in_the_table_has_a_cost():
         assert node.op == case.op
         assert all(c >= 0 for c in cost.flops.terms.values()), case.id
         outs = nbytes([o.type for o in node.outputs])
-        if case.op != "scan":
+        if not REGISTRY[case.op].body_names:  # (a body's cost counts its own values)
             assert cost.bytes == outs, case.id
         for binding in case.bindings:
             assert cost.flops.evaluate(binding) >= 0

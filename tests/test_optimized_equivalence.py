@@ -6,7 +6,7 @@ flags), sums, concat/split, and one or two ``scan`` loops (forward or reverse, o
 a ``length``, possibly nested) whose bodies mix state carries, accumulators
 (``acc' = acc + term``), per-step slices, captured outer values and per-step outputs
 that read the carries. The loss is the sum of squares of every output. The program
-compiled with ``optimize=True`` (hoist, sink, contract, cse, ...) must give the outputs
+compiled with ``optimize=True`` (hoist, sink, contract, cse, tile, ...) must give the outputs
 and every gradient of ``optimize=False`` up to float64 reassociation, and every stage of
 both pipelines must verify.
 """
@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 import rgraph as rg
+from rgraph.ir.ops import control
 from rgraph.ir.verify import verify
 
 D = 3  # the feature width; the batch "B" and time "T" stay symbolic
@@ -231,7 +232,13 @@ def check_random_graph(data):
                 raise AssertionError(f"stage {stage} does not verify") from e
     assert "sink" in fast.stages and "contract" in fast.stages
     want = plain.run(feeds, params)
-    got = fast.run(feeds, params)
+    # A map's rows in blocks of one or two (as at large sizes), or all at once.
+    block = data.draw(st.sampled_from([1, 500, control.MAP_BLOCK_BYTES]), label="block bytes")
+    saved, control.MAP_BLOCK_BYTES = control.MAP_BLOCK_BYTES, block
+    try:
+        got = fast.run(feeds, params)
+    finally:
+        control.MAP_BLOCK_BYTES = saved
     assert set(got.outputs) == set(want.outputs)
     for name in want.outputs:
         assert_close(got.outputs[name], want.outputs[name], name)

@@ -459,7 +459,7 @@ class Interpreter:
                     error = type(e)(f"in {_describe(node)}: {e}")
                 else:
                     error = _execution_error(node, args, e)
-                raise type(error)(f"at scan step {local.get('t')}: {error}") from e
+                raise type(error)(f"at {_loop_step(local.get('t'))}: {error}") from e
             return [values[slot] for slot in carry_slots]
 
         return loop
@@ -475,7 +475,7 @@ class Interpreter:
                 try:
                     outs = run_body(*carry, *(x[t] for x in xs), *invariants)
                 except ExecutionError as e:
-                    raise type(e)(f"at scan step {t}: {e}") from e
+                    raise type(e)(f"at {_loop_step(t)}: {e}") from e
                 carry = outs[:nc]
                 for buf, y in zip(ys, outs[nc:]):
                     buf[t] = y
@@ -659,6 +659,13 @@ def _out_plan(graph: GraphIR, num_carry: int) -> dict[int, int | None]:
             elif out.name not in shared:
                 plan[i] = None
     return plan
+
+
+def _loop_step(t: int | slice | None) -> str:
+    """Where a loop was: a scan's step, or a map's block of rows."""
+    if isinstance(t, slice):
+        return f"map rows {t.start}:{t.stop}"
+    return f"scan step {t}"
 
 
 def _stats(arr: Any) -> str:

@@ -29,6 +29,7 @@ from rgraph.ir.passes import (
     prune,
     schedule,
     sink,
+    tile,
 )
 from rgraph.ir.passes import specialize as specialize_pass
 from rgraph.ir.passes.autodiff import cotangent_name, grad_name
@@ -262,5 +263,6 @@ def _compile(graph, outputs, loss, wrt, cotangents, optimize, check_finite) -> P
             stages["fold_transposes"] = ir = fold_transposes(ir)
             stages["fold_scales"] = ir = fold_scales(ir)
             stages["fuse_losses"] = ir = fuse_losses(ir)
+            stages["tile"] = ir = tile(ir)
         stages["prune_after_cse"] = ir = prune(ir)
     return Program(stages, names, targets, cot, check_finite)

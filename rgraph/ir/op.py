@@ -138,6 +138,15 @@ class Op:
         """
         return None
 
+    def rowwise(self, a: Any, ins: Sequence[TensorType], dim: str) -> bool:
+        """Whether each row of the outputs (index ``i`` of their leading axis, of size
+        ``dim``) depends only on row ``i`` of the inputs that lead with ``dim`` and on
+        the other inputs whole: then the op may run on any blocks of rows (``map``).
+
+        Only asked of nodes whose outputs all lead with ``dim`` and have it nowhere else.
+        """
+        return False
+
     @property
     def differentiable(self) -> bool:
         return type(self).vjp is not Op.vjp or type(self).vjp_node is not Op.vjp_node
@@ -308,6 +317,14 @@ def batches_elementwise(ins: Sequence[TensorType], stacked: Sequence[bool]) -> b
     return any(stacked) and all(
         t.rank == rank if s else t.rank <= rank for t, s in zip(ins, stacked)
     )
+
+
+def rows_line_up(ins: Sequence[TensorType], dim: str) -> bool:
+    """Whether elementwise broadcasting keeps rows apart: every input that leads with
+    ``dim`` has the full rank (its axis 0 is the outputs' axis 0); the others, without
+    ``dim``, broadcast whole into every row."""
+    rank = max(t.rank for t in ins)
+    return all(t.rank == rank for t in ins if t.rank and t.shape[0] == dim)
 
 
 def shift_axis(axis: int) -> int:

@@ -21,7 +21,7 @@ from rgraph.errors import (
 from rgraph.ir import dims
 from rgraph.ir.cost import Cost, Poly, graph_cost, nbytes
 from rgraph.ir.graph import GraphIR, Node, Var
-from rgraph.ir.op import Attrs, Op, register
+from rgraph.ir.op import Attrs, Op, get_op, register
 from rgraph.ir.types import Dim, TensorType
 
 
@@ -264,3 +264,133 @@ def _backprop_through_time(op: Scan, g: Any, node: Node, cts: list, needs: list[
     k_grads = dict(zip(k_acc, d_k))
     result += [k_grads.get(k) for k in k_names]
     return result
+
+
+class MapAttrs(Attrs):
+    dim: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    num_xs: int = Field(ge=1)
+    body: GraphIR
+
+
+# How much memory one block of rows of a ``map`` may touch: its values then stay in the
+# caches from one op to the next (a few blocks of this size beat both the whole arrays,
+# which go to memory and back at every op, and single rows, which cost a call per op).
+MAP_BLOCK_BYTES = 2 << 20
+
+
+@register
+class Map(Op):
+    """Run ``body`` on blocks of rows: the leading axis, of size ``dim``, of the first
+    ``num_xs`` inputs (the others are taken whole), block by block, and of the outputs.
+
+    The body takes the node's inputs, of the same types, and is made of ops that keep
+    rows apart (:meth:`Op.rowwise`): on the whole arrays it computes the node's outputs,
+    and the interpreter may cut them into blocks of any size. The ``tile`` pass makes
+    these nodes, so that a chain of elementwise ops over whole sequences runs block by
+    block in the caches instead of streaming every array through memory at each op.
+    """
+
+    name = "map"
+    arity = (1, None)
+    Attrs = MapAttrs
+    body_names = ("body",)
+    uses_dims = True
+
+    def infer(self, ins, a):
+        body, nx, dim = a.body, a.num_xs, a.dim
+        if len(body.inputs) != len(ins) or nx > len(ins):
+            raise ArityError(
+                f"map body takes {len(body.inputs)} inputs, the node gives {len(ins)}"
+                f" ({nx} of them blocks of rows)"
+            )
+        if body.params:
+            raise ShapeError("a map body has no params: pass them in as inputs")
+        types = body.types()
+        undefined = [name for name in body.outputs if name not in types]
+        if undefined:
+            raise UndefinedValueError(f"map body outputs {undefined} are not defined in it")
+        for i, (outer, inner) in enumerate(zip(ins, body.inputs)):
+            if inner.type != outer:
+                raise ShapeError(
+                    f"map input {i} is {outer}, so body input '{inner.name}' must be"
+                    f" {outer}, not {inner.type}"
+                )
+            if (i < nx) != (outer.rank > 0 and outer.shape[0] == dim):
+                role = f"one of the {nx} xs, so it must" if i < nx else "taken whole: it must not"
+                raise ShapeError(f"map input {i} ({outer}) is {role} lead with dim {dim!r}")
+        for name, t in types.items():
+            if any(dim in dims.names(d) for d in t.shape[1:]):
+                raise ShapeError(f"map body value '{name}' ({t}) has dim {dim!r} off axis 0")
+        for name in body.outputs:
+            if types[name].rank == 0 or types[name].shape[0] != dim:
+                raise ShapeError(
+                    f"map body output '{name}' ({types[name]}) does not lead with {dim!r}"
+                )
+        for node in body.nodes:
+            op = get_op(node.op)
+            if node.bodies or not op.rowwise(
+                op.node_attrs(node), [types[i] for i in node.inputs], dim
+            ):
+                raise ShapeError(
+                    f"map body node '{node.outputs[0].name} = {node.op}(...)' does not keep"
+                    f" the rows of {dim!r} apart"
+                )
+            for o in node.outputs:
+                if o.type.rank == 0 or o.type.shape[0] != dim:
+                    raise ShapeError(
+                        f"map body value '{o.name}' ({o.type}) does not lead with {dim!r}"
+                    )
+        return [types[name] for name in body.outputs]
+
+    def cost(self, ins, outs, a):
+        return graph_cost(a.body)
+
+    def kernel(self, a, ctx):
+        from rgraph.exec.interpreter import Interpreter
+
+        types = a.body.types()
+        nx, dim = a.num_xs, a.dim
+        row = {**ctx.dims, dim: 1}  # the sizes of one row of every value that has rows
+        row_bytes = sum(
+            dims.evaluate(dims.product(list(t.shape)), row) * t.np_dtype.itemsize
+            for t in types.values()
+            if t.rank and t.shape[0] == dim
+        )
+        rows = max(1, MAP_BLOCK_BYTES // max(1, row_bytes))
+        blocked = rows < ctx.dims[dim]
+        key = ("map body", id(a.body), blocked)
+        if key not in ctx.cache:  # one interpreter per body and way of running it
+            body = Interpreter(
+                a.body, check_finite=ctx.check_finite, loop_body=blocked, empty=ctx.empty
+            )
+            ctx.cache[key] = (a.body, body)
+        interpreter = ctx.cache[key][1]
+        if not blocked:  # one block: the body on the whole arrays, as its nodes ran before
+            run = interpreter.positional(ctx.dims)
+            if len(a.body.outputs) == 1:
+                return lambda *args: run(*args)[0]
+            return lambda *args: tuple(run(*args))
+        y_shapes = [
+            (types[name].np_dtype, tuple(dims.evaluate(d, ctx.dims) for d in types[name].shape))
+            for name in a.body.outputs
+        ]
+        n = ctx.dims[dim]
+        whole = n - n % rows
+        blocks = [
+            (interpreter.loop({**ctx.dims, dim: size}, 0, nx), order)
+            for size, order in (
+                (rows, [slice(i, i + rows) for i in range(0, whole, rows)]),
+                (n - whole, [slice(whole, n)]),
+            )
+            if order and size
+        ]
+        empty = ctx.empty
+
+        def map_blocks(*args):
+            xs, invariants = args[:nx], args[nx:]
+            ys = [empty(shape, dtype) for dtype, shape in y_shapes]
+            for loop, order in blocks:
+                loop((), xs, invariants, ys, order)
+            return ys[0] if len(ys) == 1 else tuple(ys)
+
+        return map_blocks

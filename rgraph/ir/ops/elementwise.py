@@ -25,6 +25,7 @@ from rgraph.ir.op import (
     filled,
     like,
     register,
+    rows_line_up,
     same_dtype,
 )
 from rgraph.ir.types import DType, TensorType, make_type
@@ -37,6 +38,9 @@ class Elementwise(Op):
 
     def batched_attrs(self, a, ins, stacked, steps):
         return self.dump_attrs(a) if batches_elementwise(ins, stacked) else None
+
+    def rowwise(self, a, ins, dim):
+        return rows_line_up(ins, dim)
 
     @property
     def writes_out(self) -> bool:  # type: ignore[override]

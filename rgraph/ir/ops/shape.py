@@ -121,6 +121,12 @@ def _total(parts: list[Dim]) -> Dim:
     raise ShapeError(f"cannot add sizes {parts} along one axis (symbolic sizes must be equal)")
 
 
+def _off_axis_0(self: Op, a: AxisAttrs | SplitAttrs, ins: list, dim: str) -> bool:
+    """``Op.rowwise`` of an op that joins or cuts along ``a.axis``: rows stay apart
+    unless that is axis 0."""
+    return normalize_axis(a.axis, ins[0].rank) != 0
+
+
 @register
 class Concat(Op):
     """Join inputs along ``axis``; all other dims must agree."""
@@ -152,6 +158,8 @@ class Concat(Op):
 
     def batched_attrs(self, a, ins, stacked, steps):
         return {"axis": shift_axis(a.axis)} if all(stacked) else None
+
+    rowwise = _off_axis_0
 
     def vjp(self, g, a, ins, outs, cts):
         if len(ins) == 1:
@@ -190,6 +198,8 @@ class Split(Op):
 
     def batched_attrs(self, a, ins, stacked, steps):
         return {"axis": shift_axis(a.axis), "sizes": list(a.sizes)}
+
+    rowwise = _off_axis_0
 
     def kernel(self, a, ctx):
         ends = np.cumsum(_resolve(a.sizes, ctx.dims)).tolist()

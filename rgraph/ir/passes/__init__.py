@@ -15,6 +15,7 @@ from rgraph.ir.passes.prune import prune
 from rgraph.ir.passes.scales import fold_scales
 from rgraph.ir.passes.schedule import schedule
 from rgraph.ir.passes.sink import sink
+from rgraph.ir.passes.tile import tile
 from rgraph.ir.passes.transposes import fold_transposes
 
 __all__ = [
@@ -34,4 +35,5 @@ __all__ = [
     "schedule",
     "sink",
     "specialize",
+    "tile",
 ]
