@@ -105,6 +105,24 @@ def test_a_node_joins_the_group_it_can_when_joining_both_makes_a_cycle():
     same_results(g.ir, after, {"x": RNG.uniform(-1, 1, (4, 3, 4))})
 
 
+def test_no_map_holds_a_path_through_another_group():
+    # x1 -> s -> a2 puts a's group after x's; q then reads a's group, so x2, which
+    # reads q, would close a cycle x -> a -> x if it joined x1 (hypothesis found it).
+    g = rg.Graph("groups")
+    x = g.input("x", ("T", 3, 4))
+    x1 = g.tanh(x) * 2.0
+    s = g.sum(x1, axes=[0])
+    a1 = g.exp(x) + 1.0
+    a2 = a1 * s - x
+    q = g.sum(a1, axes=[0])
+    x2 = x1 * q + x1
+    g.output(a2 + x2, name="out")
+    after = tile(g.ir)
+    verify(after)
+    assert not any(x1.name in held(n) and x2.name in held(n) for n in maps(after))
+    same_results(g.ir, after, {"x": RNG.uniform(-1, 1, (4, 3, 4))})
+
+
 def test_a_split_of_an_outside_value_stays_outside():
     g = rg.Graph("pieces")
     z = g.input("z", ("T", 2, 6))

@@ -70,13 +70,17 @@ def tile(graph: GraphIR) -> GraphIR:
             readers.setdefault(name, set()).add(group_of.get(i, -1))
     for name in graph.outputs:
         readers.setdefault(name, set()).add(-1)
-    kept = [n for i, n in enumerate(nodes) if i not in group_of]
+    # Each map where its first node was (schedule then moves it after its inputs): it
+    # runs where its nodes ran, while the values it reads are still in the caches.
+    made = {}
     for k, members in enumerate(groups):
         out = [o for i in members for o in nodes[i].outputs if readers.get(o.name, set()) - {k}]
-        if not out:  # dead: prune's to drop
-            continue
-        body = names.fresh(f"{graph.name}_map")
-        kept.append(_map_node([nodes[i] for i in members], dim_of[members[0]], types, out, body))
+        if out:  # (else dead: prune's to drop)
+            body = names.fresh(f"{graph.name}_map")
+            made[members[0]] = _map_node(
+                [nodes[i] for i in members], dim_of[members[0]], types, out, body
+            )
+    kept = [made.get(i, n) for i, n in enumerate(nodes) if i not in group_of or i in made]
     return schedule(graph.replace(nodes=tuple(kept)))
 
 
@@ -162,7 +166,7 @@ def _through(
     find: Callable[[int], int],
 ) -> set[int]:
     """The groups a node whose producers are ``producers`` depends on through nodes
-    outside ``joined``, once it joins those groups."""
+    outside ``joined``, once it joins those groups (directly, or through other groups)."""
     through = set()
     for p in producers:
         if p in group_of and find(group_of[p]) in joined:
@@ -172,7 +176,15 @@ def _through(
             through.add(find(group_of[p]))
     for g in joined:
         through |= {find(h) for h in outside[g]}
-    return through
+    # Once a group runs as one node, what depends on one of its members depends on all
+    # that its members depend on: close over the groups' own dependencies.
+    closed: set[int] = set()
+    while through:
+        g = through.pop()
+        if g not in closed:
+            closed.add(g)
+            through |= {find(h) for h in outside[g]} - closed
+    return closed
 
 
 def _no_outer_splits(members: list[int], nodes: Sequence[Node]) -> list[int]:
