@@ -49,8 +49,40 @@ def _steps_dim(ins: list[TensorType], a: ScanAttrs) -> Dim:
     return xs[0].shape[0]
 
 
+class BodyOp(Op):
+    """An op that runs a nested graph, ``body``: the checks and the interpreter of a body
+    that ``scan`` and ``map`` share."""
+
+    arity = (1, None)
+    body_names = ("body",)
+    uses_dims = True
+
+    def body_types(self, body: GraphIR) -> dict[str, TensorType]:
+        """The body's types, once it is known to have no params and its outputs defined."""
+        if body.params:
+            raise ShapeError(f"a {self.name} body has no params: pass them in as inputs")
+        types = body.types()
+        undefined = [name for name in body.outputs if name not in types]
+        if undefined:  # (a body given as data; the verifier reports it for the body too)
+            raise UndefinedValueError(f"{self.name} body outputs {undefined} are not defined in it")
+        return types
+
+    def body_interpreter(self, a: Any, ctx: Any, loop_body: bool) -> Any:
+        """The interpreter of ``a.body``: one per body and way of running it, whatever
+        the binding (kept in ``ctx.cache``, with the body, so that its id stays its own)."""
+        from rgraph.exec.interpreter import Interpreter
+
+        key = (self.name, id(a.body), loop_body)
+        if key not in ctx.cache:
+            body = Interpreter(
+                a.body, check_finite=ctx.check_finite, loop_body=loop_body, empty=ctx.empty
+            )
+            ctx.cache[key] = (a.body, body)
+        return ctx.cache[key][1]
+
+
 @register
-class Scan(Op):
+class Scan(BodyOp):
     """Run ``body`` once per step along the leading axis of ``xs``, threading carries.
 
     Attributes: ``num_carry``, ``num_xs``, ``length`` (steps when there are no xs),
@@ -58,10 +90,7 @@ class Scan(Op):
     """
 
     name = "scan"
-    arity = (1, None)
     Attrs = ScanAttrs
-    body_names = ("body",)
-    uses_dims = True
 
     def infer(self, ins, a):
         body, nc, nx = a.body, a.num_carry, a.num_xs
@@ -74,12 +103,7 @@ class Scan(Op):
                 f"scan with {nc} carries and {nx} xs has {len(ins)} inputs and a body of"
                 f" {len(body.outputs)} outputs"
             )
-        if body.params:
-            raise ShapeError("a scan body has no params: pass them in as inputs")
-        types = body.types()
-        undefined = [name for name in body.outputs if name not in types]
-        if undefined:  # (a body given as data; the verifier reports it for the body too)
-            raise UndefinedValueError(f"scan body outputs {undefined} are not defined in it")
+        types = self.body_types(body)
         steps = _steps_dim(ins, a)
         for i, (outer, inner) in enumerate(zip(ins, body.inputs)):
             want = outer.with_shape(outer.shape[1:]) if nc <= i < nc + nx else outer
@@ -103,16 +127,8 @@ class Scan(Op):
         return graph_cost(a.body) * steps + Cost(Poly(), nbytes(outs[a.num_carry :]))
 
     def kernel(self, a, ctx):
-        from rgraph.exec.interpreter import Interpreter
-
-        key = ("scan body", id(a.body))
-        if key not in ctx.cache:  # one interpreter per body, whatever the binding
-            body = Interpreter(
-                a.body, check_finite=ctx.check_finite, loop_body=True, empty=ctx.empty
-            )
-            ctx.cache[key] = (a.body, body)
         nc, nx = a.num_carry, a.num_xs
-        run_loop = ctx.cache[key][1].loop(ctx.dims, nc, nx)
+        run_loop = self.body_interpreter(a, ctx, loop_body=True).loop(ctx.dims, nc, nx)
         types = a.body.types()
         y_shapes = [
             (types[name].np_dtype, tuple(dims.evaluate(d, ctx.dims) for d in types[name].shape))
@@ -279,7 +295,7 @@ MAP_BLOCK_BYTES = 2 << 20
 
 
 @register
-class Map(Op):
+class Map(BodyOp):
     """Run ``body`` on blocks of rows: the leading axis, of size ``dim``, of the first
     ``num_xs`` inputs (the others are taken whole), block by block, and of the outputs.
 
@@ -291,10 +307,7 @@ class Map(Op):
     """
 
     name = "map"
-    arity = (1, None)
     Attrs = MapAttrs
-    body_names = ("body",)
-    uses_dims = True
 
     def infer(self, ins, a):
         body, nx, dim = a.body, a.num_xs, a.dim
@@ -303,12 +316,7 @@ class Map(Op):
                 f"map body takes {len(body.inputs)} inputs, the node gives {len(ins)}"
                 f" ({nx} of them blocks of rows)"
             )
-        if body.params:
-            raise ShapeError("a map body has no params: pass them in as inputs")
-        types = body.types()
-        undefined = [name for name in body.outputs if name not in types]
-        if undefined:
-            raise UndefinedValueError(f"map body outputs {undefined} are not defined in it")
+        types = self.body_types(body)
         for i, (outer, inner) in enumerate(zip(ins, body.inputs)):
             if inner.type != outer:
                 raise ShapeError(
@@ -346,8 +354,6 @@ class Map(Op):
         return graph_cost(a.body)
 
     def kernel(self, a, ctx):
-        from rgraph.exec.interpreter import Interpreter
-
         types = a.body.types()
         nx, dim = a.num_xs, a.dim
         row = {**ctx.dims, dim: 1}  # the sizes of one row of every value that has rows
@@ -358,13 +364,7 @@ class Map(Op):
         )
         rows = max(1, MAP_BLOCK_BYTES // max(1, row_bytes))
         blocked = rows < ctx.dims[dim]
-        key = ("map body", id(a.body), blocked)
-        if key not in ctx.cache:  # one interpreter per body and way of running it
-            body = Interpreter(
-                a.body, check_finite=ctx.check_finite, loop_body=blocked, empty=ctx.empty
-            )
-            ctx.cache[key] = (a.body, body)
-        interpreter = ctx.cache[key][1]
+        interpreter = self.body_interpreter(a, ctx, loop_body=blocked)
         if not blocked:  # one block: the body on the whole arrays, as its nodes ran before
             run = interpreter.positional(ctx.dims)
             if len(a.body.outputs) == 1:
