@@ -108,9 +108,9 @@ def _groups(nodes: Sequence[Node], dim_of: dict[int, str]) -> list[list[int]]:
     can each run as one node: no path leaves a group and comes back into it.
 
     One sweep in dependency order. A node joins the groups of its producers unless a
-    path from one of them reaches it, or one of their members, through a node outside:
-    ``after[i]`` holds the groups node ``i`` depends on, ``outside[g]`` those that group
-    ``g``'s members depend on through an outside node.
+    path from one of them reaches it, or one of their members, through a node outside
+    or through another group: ``after[i]`` holds the groups node ``i`` depends on,
+    ``outside[g]`` those that group ``g`` depends on through outside nodes and groups.
     """
     producer = {o.name: i for i, n in enumerate(nodes) for o in n.outputs}
     parent: dict[int, int] = {}  # union-find over group ids (a group's first node)
