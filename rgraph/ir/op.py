@@ -143,7 +143,8 @@ class Op:
         ``dim``) depends only on row ``i`` of the inputs that lead with ``dim`` and on
         the other inputs whole: then the op may run on any blocks of rows (``map``).
 
-        Only asked of nodes whose outputs all lead with ``dim`` and have it nowhere else.
+        The caller checks the rest: that the outputs lead with ``dim`` and that no type
+        has it off axis 0 (``tile`` before asking, ``map`` in its type rule).
         """
         return False
 
