@@ -48,35 +48,66 @@ def capacity(units: float) -> int:
     return int(2 ** (math.ceil(4 * math.log2(units * MIN_BYTES)) / 4))
 
 
-def test_free_memory_is_held_up_to_what_the_busiest_run_had_in_use():
+def test_each_value_gets_the_buffer_it_had_in_the_run_before():
     arena = Arena()
-    one = [arena.empty((k * MIN_BYTES,), np.uint8) for k in (2, 3, 8)]  # a run: 13 in use
-    del one
-    arena.trim()
-    busiest = capacity(2) + capacity(3) + capacity(8)
-    assert arena.budget == busiest
-    arena.empty((2 * MIN_BYTES,), np.uint8)  # a quieter run: the budget stays
-    arena.trim()
-    assert arena.budget == busiest
-    for k in (2, 3, 8):  # the next run uses all three (one after the other)
-        arena.empty((k * MIN_BYTES,), np.uint8)
-    four = arena.empty((4 * MIN_BYTES,), np.uint8)  # a miss: 13 + 4 is within the slack
-    assert sorted(b.nbytes // MIN_BYTES for b in arena.buffers) == [2, 3, 4, 8]
-    del four
-    # A bigger miss (no free buffer fits 9): 17 + 9 is over the budget and its slack
-    # (13 + 13 / 2), so free buffers go, largest first, until it is not: the 8, no more.
-    nine = arena.empty((9 * MIN_BYTES,), np.uint8)
-    assert sorted(b.nbytes // MIN_BYTES for b in arena.buffers) == [2, 3, 4, 9]
-    del nine
-    fresh = Arena()  # before any run has ended, nothing free is held across a miss
-    kept = fresh.empty((2 * MIN_BYTES,), np.uint8)
-    fresh.empty((3 * MIN_BYTES,), np.uint8)  # freed at once
-    fresh.empty((8 * MIN_BYTES,), np.uint8)  # a miss: the free 3 goes
-    assert sorted(b.nbytes // MIN_BYTES for b in fresh.buffers) == [2, 8]
-    assert kept.base is fresh.buffers[0]
+
+    def run(units: float) -> list[int]:
+        """A run of a step: two values alive together, then a third after them."""
+        a = arena.empty((int(units * MIN_BYTES),), np.uint8)
+        b = arena.empty((int(2 * units * MIN_BYTES),), np.uint8, "b")
+        ids = [id(a.base), id(b.base)]
+        del a, b
+        ids.append(id(arena.empty((int(units * MIN_BYTES),), np.uint8).base))
+        arena.trim()
+        return ids
+
+    first = run(8)
+    assert first[2] == first[0]  # a's buffer is free again: the third value shares it
+    # Shorter sequences: every value in the same buffer as before, however short.
+    for units in (2, 5, 1.1, 8, 3):
+        assert run(units) == first, units
+    assert len(arena.buffers) == 2
 
 
-def test_free_buffers_stay_for_later_runs_within_the_budget():
+def test_a_buffer_grows_for_all_the_values_that_share_it():
+    arena = Arena()
+
+    def run(units: float) -> None:
+        for _ in range(3):  # one after the other: all in one buffer
+            arena.empty((int(units * MIN_BYTES),), np.uint8)
+        arena.trim()
+
+    run(2)
+    run(6)  # the first value outgrows the buffer: a larger one, for the other two too
+    assert [b.nbytes // MIN_BYTES for b in arena.buffers] == [capacity(6) // MIN_BYTES]
+    run(2)
+    run(6)
+    assert len(arena.buffers) == 1
+
+
+def test_buffers_of_values_no_run_makes_any_more_are_held_up_to_half_the_budget():
+    arena = Arena()
+
+    def run(places: str, units: float) -> None:
+        """A run: values from ``places``, alive together."""
+        alive = [arena.empty((int(units * MIN_BYTES),), np.uint8, p) for p in places]
+        del alive
+        arena.trim()
+
+    run("abc", 4)
+    assert arena.budget == 3 * capacity(4)  # 12 units
+    # Runs of another path through the program: other places, and sizes that the free
+    # 4-unit buffers would hold with more than as much again to spare.
+    run("defg", 1.9)
+    assert arena.budget == 3 * capacity(4)  # (8 units in use now)
+    # 20 units held, more than the budget and half of it (18): the sites asked for
+    # longest ago are forgotten until it is not, a's buffer first.
+    assert sorted(b.nbytes // MIN_BYTES for b in arena.buffers) == [2, 2, 2, 2, 4, 4]
+    run("abc", 4)  # the first path again: a's buffer is made again, and d's goes
+    assert sorted(b.nbytes // MIN_BYTES for b in arena.buffers) == [2, 2, 2, 4, 4, 4]
+
+
+def test_free_buffers_stay_for_the_runs_to_come():
     arena = Arena()
     kept = arena.empty((MIN_BYTES,), np.uint8)
     arena.empty((2 * MIN_BYTES,), np.uint8)  # freed at once
@@ -95,7 +126,7 @@ def test_a_slightly_longer_value_reuses_the_buffer_of_a_shorter_one():
     assert id(arena.empty((int(5.5 * MIN_BYTES),), np.uint8).base) == buffer
 
 
-def test_a_miss_lets_go_of_free_buffers_of_earlier_runs():
+def test_a_value_that_outgrows_its_free_buffer_lets_go_of_it_at_once():
     arena = Arena()
     for n in (1, 2, 4, 8):  # longer and longer sequences, one run each
         arena.empty((n * MIN_BYTES,), np.uint8)
@@ -167,31 +198,37 @@ def test_runs_in_two_threads_at_once_do_not_share_memory():
     assert not wrong
 
 
+def _held(prog: rg.Program) -> list[np.ndarray]:
+    """The buffers of ``prog``'s arena in this thread."""
+    made = getattr(prog.interpreter.empty.__self__._local, "arena", None)
+    return made.buffers if made is not None else []  # (none until a value is large)
+
+
 @pytest.mark.parametrize("lengths", [(30, 10, 20, 5, 30, 25), (5, 10, 20, 40, 80)])
 def test_memory_held_between_runs_follows_the_sequences_now_coming(lengths):
-    g = _long_loop()
-    prog = rg.compile(g, loss="loss")
     w = {"w": RNG.normal(size=(64, 64)) * 0.1}
-    arena = prog.interpreter.empty.__self__._local
-    longest = 0
-    for T in lengths:
-        x = RNG.normal(size=(T, 16, 64))
-        r = prog.run({"xs": x}, w)
-        np.testing.assert_allclose(r["ys"], _reference(x, w["w"]), rtol=1e-12)
-        del r
-        longest = max(longest, T)
-        made = getattr(arena, "arena", None)  # (none until a value is large enough)
-        held = sum(b.nbytes for b in made.buffers) if made is not None else 0
-        # A run's large values are six (T, B, 64) arrays at most: what stays held is one
-        # such set for the longest sequence seen (in size classes up to 2 ** (1/4)
-        # larger) and free buffers of up to half of that, not one set per length.
-        assert held <= 1.5 * 2**0.25 * 6 * longest * 16 * 64 * 8, (T, held)
+    prog, alone = (rg.compile(_long_loop(), loss="loss") for _ in range(2))
+    buffers: set[int] = set()
+    for again in (False, True):
+        for T in lengths:
+            x = RNG.normal(size=(T, 16, 64))
+            r = prog.run({"xs": x}, w)
+            np.testing.assert_allclose(r["ys"], _reference(x, w["w"]), rtol=1e-12)
+            del r
+            if again:  # lengths seen before: no new memory
+                assert {id(b) for b in _held(prog)} == buffers, T
+        buffers = {id(b) for b in _held(prog)}
+    # What stays held is what the longest sequence needs, and free buffers of other
+    # lengths of up to half of that, not a set per length.
+    alone.run({"xs": RNG.normal(size=(max(lengths), 16, 64))}, w)
+    needed = sum(b.nbytes for b in _held(alone))
+    assert sum(b.nbytes for b in _held(prog)) <= 1.5 * needed
 
 
 def test_runs_that_alternate_sizes_keep_their_buffers():
-    # Batches of varying lengths need buffers of several size classes: the slack held
-    # beyond the busiest run keeps them, instead of letting one go at each miss and
-    # making it again the run after (fresh memory costs a page fault per 4 KiB).
+    # Batches of varying lengths: each value keeps its buffer, instead of letting one go
+    # at each miss and making it again the run after (fresh memory costs a page fault
+    # per 4 KiB).
     arena = Arena()
 
     def run(units):
@@ -207,3 +244,4 @@ def test_runs_that_alternate_sizes_keep_their_buffers():
         run(units)
         now = arena.buffers
         assert len(now) == len(held) and all(b() is a for b, a in zip(held, now)), units
+        del now  # (a reference would keep them in use)

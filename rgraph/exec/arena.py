@@ -10,6 +10,14 @@ A buffer is free when nothing but the arena references it: numpy views keep a re
 to the array that owns their memory, so while any array made from a buffer is alive (a
 value of the running program, an output the caller kept) the buffer is not handed out
 again. Reuse never changes a value anyone can see.
+
+A run asks for the same values in the same order as the run before; only their leading
+axis (a sequence length, a block of rows) may differ. So each request has a *site*: the
+n-th request since the run began from one place (a node of a program, named by the
+caller), or else of one kind (dtype and the shape after the leading axis). A site gets
+the buffer it had last time, as a hand-written step preallocates one array per value
+for the longest sequence. Buffers are sized a little beyond the request, so that the
+longest sequence's buffers serve the others.
 """
 
 from __future__ import annotations
@@ -18,18 +26,23 @@ import functools
 import math
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import numpy as np
 
 MIN_BYTES = 1 << 16  # smaller arrays come from numpy's allocator: reused without faults
-# Free buffers held beyond the busiest run's use: half of it, at most this many bytes.
-# Batches of varying lengths need buffers of a few size classes, more than any one run
-# uses; without the slack each miss lets go of a free buffer that the next batch makes
-# again (config B: 20-80 page faults per step, 1-2% of it). Capped, so that large models
-# hold a few MB more, not half as much again.
-SLACK_BYTES = 1 << 22
+Site = tuple[Hashable, int]  # the n-th request from a place (or of a kind) in a run
+
+
+class _Slot:
+    """A buffer that some sites share (their values' lives do not overlap): it grows, for
+    all of them at once, when a site's value no longer fits."""
+
+    __slots__ = ("buffer",)
+
+    def __init__(self, buffer: np.ndarray):
+        self.buffer = buffer
 
 
 def small(shape: tuple[int, ...], dtype: np.dtype) -> bool:
@@ -53,68 +66,91 @@ class Arena:
     """
 
     def __init__(self) -> None:
-        self.buffers: list[np.ndarray] = []  # bytes, each owned by the arena alone when free
-        self.peak = 0  # the most bytes of buffers in use at once since the last trim
-        # The most any run had in use at once: more (beyond a slack) is held only while in use.
+        # The slot each site had last, and the last run that asked for it.
+        self._homes: dict[Site, tuple[_Slot, int]] = {}
+        self._slots: list[_Slot] = []
+        self._asked: dict[Hashable, int] = {}  # requests from each place in this run
+        self._runs = 0
+        # The most bytes any run's sites had; slots of sites no run asks for any more
+        # are held up to half as much again (batches of another kind may come back).
         self.budget = 0
 
-    def empty(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-        """An uninitialised array of ``shape`` and ``dtype``: in the smallest free buffer
-        that holds it with less than as much again to spare, else in a new buffer (a
-        small value in a large buffer would leave the next large value without one)."""
+    @property
+    def buffers(self) -> list[np.ndarray]:
+        """The buffers held, free or in use."""
+        return [slot.buffer for slot in self._slots]
+
+    def empty(self, shape: tuple[int, ...], dtype: Any, place: Hashable = None) -> np.ndarray:
+        """An uninitialised array of ``shape`` and ``dtype`` asked for from ``place`` (by
+        default, its kind stands for it): in its site's slot of last time if that is free
+        (grown if it is too small), else in the smallest free slot of ``size`` to twice
+        as many bytes (a small value in a large buffer would leave the next large value
+        without one), else in a new slot."""
         dtype = np.dtype(dtype)
         size = math.prod(shape) * dtype.itemsize
         if size < MIN_BYTES:
             return np.empty(shape, dtype)
-        best, used = self._fit(size)
-        if best is None:
-            # A size class a little larger than asked (steps of 2 ** (1/4)): the same
-            # value of a slightly longer sequence fits in it next time. Free buffers go,
-            # largest first, beyond what the busiest run had in use and a slack.
-            capacity = int(2 ** (math.ceil(4 * math.log2(size)) / 4))
-            self._shrink_to(self.budget + min(self.budget // 2, SLACK_BYTES) - capacity)
-            best = np.empty(max(capacity, size), np.uint8)
-            self.buffers.append(best)
-        self.peak = max(self.peak, used + best.nbytes)
-        return best[:size].view(dtype).reshape(shape)
+        if place is None:
+            place = (dtype.str, tuple(shape[1:]))
+        n = self._asked.get(place, 0)
+        self._asked[place] = n + 1
+        home = self._homes.get((place, n))
+        slot = home[0] if home is not None else None
+        # References to a free buffer here: its slot's and getrefcount's argument; any
+        # more is an array made from it.
+        if slot is None or sys.getrefcount(slot.buffer) > 2:
+            slot = self._fit(size)
+            if slot is None:
+                slot = _Slot(np.empty(_capacity(size), np.uint8))
+                self._slots.append(slot)
+        elif slot.buffer.nbytes < size:
+            slot.buffer = np.empty(_capacity(size), np.uint8)  # (the old buffer is free: let go)
+        self._homes[place, n] = (slot, self._runs)
+        return slot.buffer[:size].view(dtype).reshape(shape)
 
-    def _fit(self, size: int) -> tuple[np.ndarray | None, int]:
-        """The smallest free buffer of ``size`` to ``2 * size`` bytes (None: none), and the
-        bytes of the buffers in use, in one pass."""
-        best, used = None, 0
-        for b in self.buffers:
-            # References to a free buffer here: the list, the loop's variable and
-            # getrefcount's argument; any more is an array made from it.
-            n = b.nbytes
-            if sys.getrefcount(b) > 3:
-                used += n
-            elif size <= n < 2 * size and (best is None or n < best.nbytes):
-                best = b
-        return best, used
-
-    def _shrink_to(self, limit: int) -> None:
-        """Let go of free buffers, largest first, until the arena holds at most ``limit``
-        bytes (or holds only buffers in use)."""
-        excess = sum(b.nbytes for b in self.buffers) - limit
-        if excess <= 0:
-            return
-        free = sorted((b for b in self.buffers if sys.getrefcount(b) == 3), key=lambda b: -b.nbytes)
-        drop = set()
-        for b in free:
-            if excess <= 0:
-                break
-            drop.add(id(b))
-            excess -= b.nbytes
-        del free
-        self.buffers = [b for b in self.buffers if id(b) not in drop]
+    def _fit(self, size: int) -> _Slot | None:
+        """The smallest free slot of ``size`` to ``2 * size`` bytes (None: none)."""
+        best = None
+        for slot in self._slots:
+            nbytes = slot.buffer.nbytes
+            if (
+                size <= nbytes < 2 * size
+                and (best is None or nbytes < best.buffer.nbytes)
+                and sys.getrefcount(slot.buffer) == 2
+            ):
+                best = slot
+        return best
 
     def trim(self) -> None:
-        """End a run (a run calls it at its end): the budget of free memory to hold is the
-        most any run had in use at once (and a slack, see ``SLACK_BYTES``), so that
-        sequences of every length seen so far find their buffers (fresh memory costs a
-        page fault per 4 KiB)."""
-        self.budget = max(self.budget, self.peak)
-        self.peak = 0
+        """End a run (a run calls it at its end, or where it fails). Sites this run did
+        not ask for are forgotten, those asked for longest ago first, while the slots
+        held are more than half as much again as the budget; slots no site has go."""
+        run, homes = self._runs, self._homes
+        self._runs += 1
+        self._asked.clear()
+        sites: dict[int, int] = {}  # slot -> the sites it is home to
+        used: dict[int, int] = {}  # slot -> its bytes, if this run asked for it
+        for slot, asked in homes.values():
+            sites[id(slot)] = sites.get(id(slot), 0) + 1
+            if asked == run:
+                used[id(slot)] = slot.buffer.nbytes
+        self.budget = max(self.budget, sum(used.values()))
+        held = sum(slot.buffer.nbytes for slot in self._slots if id(slot) in sites)
+        limit = self.budget + self.budget // 2
+        for site, (slot, asked) in sorted(homes.items(), key=lambda item: item[1][1]):
+            if held <= limit or asked == run:
+                break
+            del homes[site]
+            sites[id(slot)] -= 1
+            if not sites[id(slot)]:
+                held -= slot.buffer.nbytes
+        self._slots = [slot for slot in self._slots if sites.get(id(slot))]
+
+
+def _capacity(size: int) -> int:
+    """The size class at or above ``size`` bytes (steps of 2 ** (1/4)): the same value of
+    a slightly longer sequence fits in it next time."""
+    return max(int(2 ** (math.ceil(4 * math.log2(size)) / 4)), size)
 
 
 class ThreadArenas:
@@ -123,14 +159,14 @@ class ThreadArenas:
     def __init__(self) -> None:
         self._local = threading.local()
 
-    def empty(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    def empty(self, shape: tuple[int, ...], dtype: Any, place: Hashable = None) -> np.ndarray:
         dtype = np.dtype(dtype)
         if small(shape, dtype):  # (as Arena.empty, sooner)
             return np.empty(shape, dtype)
         arena = getattr(self._local, "arena", None)
         if arena is None:
             arena = self._local.arena = Arena()
-        return arena.empty(shape, dtype)
+        return arena.empty(shape, dtype, place)
 
     def trim(self) -> None:
         """:meth:`Arena.trim` of this thread's arena."""
@@ -139,15 +175,17 @@ class ThreadArenas:
             arena.trim()
 
 
-def allocator(empty: Callable[..., np.ndarray], shape: tuple[int, ...], dtype: Any) -> Any:
-    """``empty(shape, dtype)`` as a call of no arguments, for an array made at every run:
-    a small one comes straight from numpy, decided once rather than at each call.
+def allocator(
+    empty: Callable[..., np.ndarray], shape: tuple[int, ...], dtype: Any, place: Hashable
+) -> Any:
+    """``empty(shape, dtype, place)`` as a call of no arguments, for an array made at every
+    run: a small one comes straight from numpy, decided once rather than at each call.
 
-    >>> make = allocator(ThreadArenas().empty, (2, 3), np.float32)
+    >>> make = allocator(ThreadArenas().empty, (2, 3), np.float32, "x")
     >>> make().shape, make().dtype
     ((2, 3), dtype('float32'))
     """
     dtype = np.dtype(dtype)
     if small(shape, dtype):
         return functools.partial(np.empty, shape, dtype)
-    return functools.partial(empty, shape, dtype)
+    return functools.partial(empty, shape, dtype, place)

@@ -139,7 +139,7 @@ class Interpreter:
                     if i in self._param_joins:
                         kernel = ParamJoin(self._param_joins[i])
                     elif top and op.writes_out and len(node.outputs) == 1:
-                        kernel = self._in_arena(kernel, node.outputs[0].type, binding)
+                        kernel = self._in_arena(kernel, i, binding)
                     step = Step(
                         kernel=kernel,
                         inputs=tuple(self.slot[n] for n in node.inputs),
@@ -234,7 +234,9 @@ class Interpreter:
     def _allocation(self, c: int, binding: Mapping[str, int]) -> Step:
         """The step making concat ``c``'s array, into the concat's own slot."""
         shape, _ = self._pieces(c, binding)
-        make = allocator(self.empty, shape, self.graph.nodes[c].outputs[0].type.np_dtype)
+        make = allocator(
+            self.empty, shape, self.graph.nodes[c].outputs[0].type.np_dtype, (id(self), c)
+        )
         slot = self.slot[self.graph.nodes[c].outputs[0].name]
         return Step(kernel=make, inputs=(), outputs=(slot,), free=(), node=c)
 
@@ -279,12 +281,13 @@ class Interpreter:
             node=step.node,
         )
 
-    def _in_arena(self, kernel: Any, t: TensorType, binding: Mapping[str, int]) -> Any:
-        """``kernel`` writing its value into the arena, if the value is large."""
+    def _in_arena(self, kernel: Any, i: int, binding: Mapping[str, int]) -> Any:
+        """Node ``i``'s ``kernel`` writing its value into the arena, if the value is large."""
+        t = self.graph.nodes[i].outputs[0].type
         shape = tuple(dims.evaluate(d, binding) for d in t.shape)
         if small(shape, t.np_dtype):
             return kernel
-        make = allocator(self.empty, shape, t.np_dtype)
+        make = allocator(self.empty, shape, t.np_dtype, (id(self), i))
         return lambda *args: kernel(*args, out=make())
 
     def run(
@@ -339,9 +342,11 @@ class Interpreter:
                     f" (inputs: {', '.join(v.name for v in self.graph.inputs)})"
                 )
             self._remember_binding(given, binding)
-        self._execute(values, self._steps(binding))
-        if self.arenas is not None:
-            self.arenas.trim()
+        try:
+            self._execute(values, self._steps(binding))
+        finally:
+            if self.arenas is not None:
+                self.arenas.trim()
         outputs = {}
         for name, slot in self._output_slots:
             out = values[slot]
@@ -434,6 +439,7 @@ class Interpreter:
                 self.empty,
                 tuple(dims.evaluate(d, binding) for d in nodes[i].outputs[0].type.shape),
                 nodes[i].outputs[0].type.np_dtype,
+                (id(self), i),
             )
             for i in sched.buffered
         ]
