@@ -128,7 +128,7 @@ class Arena:
         run, homes = self._runs, self._homes
         self._runs += 1
         self._asked.clear()
-        sites: dict[int, int] = {}  # slot -> the sites it is home to
+        sites: dict[int, int] = {}  # slot -> how many sites it is home to
         used: dict[int, int] = {}  # slot -> its bytes, if this run asked for it
         for slot, asked in homes.values():
             sites[id(slot)] = sites.get(id(slot), 0) + 1
