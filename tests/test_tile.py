@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
 import rgraph as rg
-from rgraph.errors import ShapeError
+from rgraph.errors import ExecutionError, ShapeError
 from rgraph.ir.graph import GraphIR
 from rgraph.ir.ops import control
 from rgraph.ir.passes import tile
@@ -200,6 +202,19 @@ def test_a_map_computes_its_body_in_blocks(small_blocks):
     f = {k: RNG.uniform(-1, 1, s) for k, s in [("x", (5, 2, 3)), ("v", (5, 2, 3)), ("w", (3,))]}
     got = rg.compile(g, ["y"]).run(f)["y"]
     np.testing.assert_allclose(got, np.tanh(f["x"]) * f["w"] + (1.0 - f["v"]), rtol=1e-15)
+
+
+def test_an_error_in_a_block_names_its_rows(small_blocks):
+    g = map_of(body_of(lambda b, x, v, w: b.log(x) * w + v))
+    prog = rg.compile(g, ["y"])
+    f = {k: RNG.uniform(1, 2, s) for k, s in [("x", (5, 2, 3)), ("v", (5, 2, 3)), ("w", (3,))]}
+    f["x"][3, 1, 2] = -1.0  # row 3: log of a negative number
+    with np.errstate(invalid="raise"), pytest.raises(ExecutionError) as caught:
+        prog.run(f)
+    message = str(caught.value)
+    start, stop = (int(k) for k in re.search(r"at map rows (\d+):(\d+)", message).groups())
+    assert start <= 3 < stop < 5  # a block of rows holding row 3, not all of them
+    assert "= log(x)" in message and "map(" in message
 
 
 @pytest.mark.parametrize(
