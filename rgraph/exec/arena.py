@@ -131,9 +131,9 @@ class Arena:
         held are more than half as much again as the budget; slots no site has go."""
         run, homes = self._runs, self._homes
         self._runs += 1
-        asked = sum(self._asked.values())  # the sites this run asked for, all homed
+        requests = sum(self._asked.values())  # one per site this run asked for, all homed
         self._asked.clear()
-        if not self._moved and asked == len(homes):
+        if not self._moved and requests == len(homes):
             # Every site asked for, each in its slot of before: the slots held are the
             # last trim's, all in this run's use (the usual run, in a few microseconds).
             self.budget = max(self.budget, self._held)
