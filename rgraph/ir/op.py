@@ -205,13 +205,14 @@ class Op:
 
 def freeze(data: Any) -> Any:
     """A hashable form of plain data (dicts and lists become sorted tuples)."""
-    if isinstance(data, dict):
-        return tuple(sorted((k, freeze(v)) for k, v in data.items()))
-    if isinstance(data, list):
-        return ("__list__", *(freeze(v) for v in data))
-    if isinstance(data, float):  # 0.0 == -0.0, but 1/0.0 != 1/-0.0: keep the sign
+    kind = type(data)  # (exact types first: attributes are parsed from it at every turn)
+    if kind is dict or (kind is not list and isinstance(data, dict)):
+        return tuple(sorted([(k, freeze(v)) for k, v in data.items()]))
+    if kind is list or isinstance(data, list):
+        return ("__list__", *[freeze(v) for v in data])
+    if kind is float or isinstance(data, float):  # 0.0 == -0.0, but 1/0.0 != 1/-0.0
         return ("float", data, math.copysign(1.0, data))
-    return (type(data).__name__, data)
+    return (kind.__name__, data)
 
 
 def _thaw(data: Any) -> Any:
