@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -238,7 +239,7 @@ class Graph:
         # Nodes are appended once their inputs exist, so they stay in dependency order
         # unless built from IR not known to be, or a node is replaced (``ir`` marks it).
         self._in_order = True
-        self._replaced = False  # whether replace_node was used (see autodiff)
+        self._replaced = False  # whether replace_node was used (see ``ir``)
 
     # --- construction from existing IR (used by passes) ----------------------------
 
@@ -266,6 +267,17 @@ class Graph:
             nodes=tuple(self._nodes),
             outputs=tuple(self._outputs),
         )
+        if not self._replaced:
+            # The names declared, then the nodes' outputs in node order: what ir.types()
+            # computes, from dicts at hand (a pass building on a long graph asks for it).
+            declared = {
+                v.name: v.type for vs in (self._inputs, self._params, self._consts) for v in vs
+            }
+            types = self._types
+            if list(itertools.islice(types, len(declared))) == list(declared):
+                ir.cache_types(dict(types))  # a plain copy, much the faster
+            else:
+                ir.cache_types({**declared, **types})
         return ir.mark_scheduled() if self._in_order else ir
 
     def __str__(self) -> str:

@@ -97,6 +97,39 @@ def test_prune_sweeping_back_agrees_with_following_producers():
             prune(ir_, [names[2], "nope"])
 
 
+def test_the_builders_types_and_prunes_carry_what_types_would_compute():
+    # Declarations between nodes, and constants that pruning drops or keeps.
+    g = rg.Graph("mixed")
+    x = g.input("x", (3,))
+    a = x * 2.0
+    w = g.param("w", (3,))
+    b = g.tanh(a * w) + g.const(np.ones(3), name="kept")
+    dead = g.exp(a) * g.const(np.zeros(3), name="dropped")
+    y = g.input("y", (3,))
+    g.output(b * y, name="out")
+    g.output(dead, name="dead")
+    ir = g.ir
+    assert ir.known_types() is not None
+    assert list(ir.types().items()) == list(unmarked(ir).types().items())
+    for outputs in (["out"], ["dead"], ["out", "dead"], [a.name]):
+        pruned = prune(ir, outputs)
+        assert pruned.known_types() is not None, outputs
+        assert list(pruned.types().items()) == list(unmarked(pruned).types().items()), outputs
+    assert "dropped" not in prune(ir, ["out"]).types()
+
+
+def test_a_copy_keeps_only_the_caches_that_still_hold():
+    g, _ = chain(3)
+    ir = g.ir
+    ir.ops()
+    renamed = ir.replace(name="other", outputs=ir.outputs[:1])
+    assert renamed.known_types() is ir.known_types() and renamed.known_scheduled
+    fewer = ir.replace(nodes=ir.nodes[:-1])
+    assert fewer.known_types() is None and not fewer.known_scheduled
+    only_add = ir.replace(nodes=tuple(n for n in ir.nodes if n.op == "add"))
+    assert only_add.ops() == {"add"} and ir.ops() == {"eltmul", "add", "sum"}
+
+
 def test_a_remembered_inference_does_not_hide_a_later_error():
     g = rg.Graph()
     a, b = g.input("a", (3,)), g.input("b", (4,))

@@ -88,6 +88,10 @@ class Const(BaseModel):
     data: list[bool | int | float]
 
 
+# The fields that define values: a copy that changes none of them has the same types.
+_VALUES = frozenset({"inputs", "params", "consts", "nodes"})
+
+
 def resolve(name: str, renames: Mapping[str, str]) -> str:
     """What ``name`` stands for after ``renames`` (a pass's old name -> new name),
     following chains."""
@@ -158,10 +162,11 @@ class GraphIR(BaseModel):
 
     def types(self) -> dict[str, TensorType]:
         """The type of every value the graph defines, by name (computed once; a copy)."""
-        if self._types is None:
-            private = {**(self.__pydantic_private__ or {}), "_types": self._collect_types()}
-            object.__setattr__(self, "__pydantic_private__", private)
-        return dict(self._types)  # type: ignore[arg-type]
+        types = self.known_types()
+        if types is None:
+            types = self._collect_types()
+            self.cache_types(types)
+        return dict(types)
 
     def cache_types(self, types: dict[str, TensorType]) -> GraphIR:
         """Give :meth:`types` its answer, known by the pass that built the graph; returns
@@ -189,8 +194,13 @@ class GraphIR(BaseModel):
         private = self.__pydantic_private__ or {}
         cached = private.get("_ops")
         if cached is None or cached[0] is not self.nodes:
-            ops = {n.op for n in self.nodes}
-            if any(n.bodies for n in self.nodes):
+            ops: set[str] = set()
+            add, bodies = ops.add, False
+            for n in self.nodes:  # one sweep: on a long graph, reaching each node is the cost
+                add(n.op)
+                if n.bodies:
+                    bodies = True
+            if bodies:
                 ops.add("bodies")
             cached = (self.nodes, frozenset(ops))
             object.__setattr__(self, "__pydantic_private__", {**private, "_ops": cached})
@@ -222,9 +232,26 @@ class GraphIR(BaseModel):
                 out[v.name] = v.type
         return out
 
+    def known_types(self) -> dict[str, TensorType] | None:
+        """What :meth:`types` answers, if it was computed or given; else None. For passes
+        that derive a graph's types from another's; the dict itself, not to be changed."""
+        private = self.__pydantic_private__
+        return None if private is None else private.get("_types")
+
     def replace(self, **changes: Any) -> GraphIR:
-        """A copy with some fields replaced, without re-validation (for passes)."""
-        return construct(GraphIR, **{**self.__dict__, **changes})
+        """A copy with some fields replaced, without re-validation (for passes).
+
+        What is cached of the graph carries over where it still holds: the types if the
+        values are the same, and what is kept with its ``nodes`` tuple (the order, the
+        ops), which is checked against the copy's own ``nodes`` when asked."""
+        copy = construct(GraphIR, **{**self.__dict__, **changes})
+        private = self.__pydantic_private__
+        if private:
+            kept = {k: v for k, v in private.items() if k != "_types"}
+            if all(k not in _VALUES or changes[k] is self.__dict__[k] for k in changes):
+                kept["_types"] = private.get("_types")
+            object.__setattr__(copy, "__pydantic_private__", {**copy.__pydantic_private__, **kept})
+        return copy
 
 
 Node.model_rebuild()

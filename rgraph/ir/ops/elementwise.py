@@ -72,13 +72,16 @@ class Binary(Elementwise):
         return [rule(ins[0], ins[1], outs[0], cts[0]) for rule in self.rule]  # type: ignore[union-attr]
 
     def vjp_node(self, g, node, cts, needs):
-        """Only the wanted inputs' rules run: ``x * 2.0`` emits no gradient for ``2.0``."""
+        """Only the wanted inputs' rules run: ``x * 2.0`` emits no gradient for ``2.0``;
+        and no values are looked up when the cotangent only passes ``through``."""
         rule_x, rule_y = self.rule  # type: ignore[misc]
         need_x, need_y = needs
+        ct = cts[0]
+        if (rule_x is through or not need_x) and (rule_y is through or not need_y):
+            return [ct if need_x else None, ct if need_y else None]
         value = g.value
         x, y = node.inputs
         x, y, out = value(x), value(y), value(node.outputs[0].name)
-        ct = cts[0]
         return [
             rule_x(x, y, out, ct) if need_x else None,
             rule_y(x, y, out, ct) if need_y else None,
@@ -110,6 +113,12 @@ class Unary(Elementwise):
     def vjp_node(self, g, node, cts, needs):
         """As :meth:`Op.vjp_node`, without parsing the (absent) attributes."""
         return self.vjp(g, None, [g.value(node.inputs[0])], [g.value(node.outputs[0].name)], cts)
+
+
+def through(*args: Any) -> Any:
+    """The VJP rule of an input whose cotangent is the output's (``add``, ``identity``):
+    the last argument, passed on; Binary's ``vjp_node`` knows it and builds no values."""
+    return args[-1]
 
 
 def _define(base: type[Op], name: str, fn: Callable, rule: Callable | None, **extra: Any) -> None:
@@ -149,8 +158,8 @@ def _sigmoid(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return np.divide(1.0, t, out=t)
 
 
-binary("add", np.add, (lambda a, b, out, g: g, lambda a, b, out, g: g))
-binary("sub", np.subtract, (lambda a, b, out, g: g, lambda a, b, out, g: -g))
+binary("add", np.add, (through, through))
+binary("sub", np.subtract, (through, lambda a, b, out, g: -g))
 binary("eltmul", np.multiply, (lambda a, b, out, g: g * b, lambda a, b, out, g: g * a))
 binary(
     "div",
@@ -160,7 +169,7 @@ binary(
 )
 
 unary("neg", _negative, lambda x, out, g: -g, dtypes=NUMERIC, writes_out=True)
-unary("identity", lambda x: x, lambda x, out, g: g, dtypes=(*NUMERIC, "bool"), flops_per_element=0)
+unary("identity", lambda x: x, through, dtypes=(*NUMERIC, "bool"), flops_per_element=0)
 unary("exp", np.exp, lambda x, out, g: g * out)
 unary("log", np.log, lambda x, out, g: g / x)
 unary("tanh", np.tanh, lambda x, out, g: g * (1.0 - out * out))

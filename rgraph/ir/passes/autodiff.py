@@ -85,6 +85,7 @@ def autodiff(
     ops: dict[str, Op] = {}
     targets = set(wrt)
     pop, get = pending.pop, pending.get
+    is_active = active.__contains__
     for node in reversed(nodes):
         outs = node.outputs
         if len(outs) == 1:
@@ -93,7 +94,7 @@ def autodiff(
         elif not any(o.name in pending for o in outs):
             continue
         inputs = node.inputs
-        needs = [name in active for name in inputs]
+        needs = list(map(is_active, inputs))
         if True not in needs:
             continue
         op = ops.get(node.op)
@@ -135,13 +136,7 @@ def autodiff(
     for name in wrt:
         contributions = pending.get(name) or [b.full_like(b.value(name), value=0.0)]
         b.output(_accumulate(b, contributions, name=grad_name(name)))
-    ir = b.ir
-    counts = (len(ir.inputs), len(ir.params), len(ir.consts))
-    if counts == (len(graph.inputs), len(graph.params), len(graph.consts)) and not b._replaced:
-        # The builder's types are the forward's, in order, then the new nodes' outputs in
-        # node order: what ir.types() would compute (the interpreter asks for it).
-        ir.cache_types(b._types)
-    return ir
+    return b.ir
 
 
 def _differentiable(node: Node) -> Op:

@@ -18,9 +18,12 @@ def forward_identities(graph: GraphIR) -> GraphIR:
 
 
 def _forward(graph: GraphIR, keep_outputs: bool) -> GraphIR:
+    if "identity" not in graph.ops() and "bodies" not in graph.ops():
+        return graph
     protected = set(graph.outputs) if keep_outputs else set()
     source: dict[str, str] = {}
     nodes = []
+    append = nodes.append
     changed = False
     for node in graph.nodes:
         if node.op == "identity" and node.outputs[0].name not in protected:
@@ -28,12 +31,14 @@ def _forward(graph: GraphIR, keep_outputs: bool) -> GraphIR:
             source[node.outputs[0].name] = source.get(x, x)
             changed = True
             continue
-        inputs = tuple([source.get(i, i) for i in node.inputs]) if source else node.inputs
-        new = node.map_bodies(lambda b: _forward(b, keep_outputs=False))
-        if inputs != node.inputs:
-            new = new.model_copy(update={"inputs": inputs})
-        changed |= new is not node
-        nodes.append(new)
+        new = node
+        if node.bodies:
+            new = node.map_bodies(lambda b: _forward(b, keep_outputs=False))
+        if source and not source.keys().isdisjoint(node.inputs):
+            new = new.model_copy(update={"inputs": tuple([source.get(i, i) for i in node.inputs])})
+        if new is not node:
+            changed = True
+        append(new)
     if not changed:
         return graph
     outputs = tuple(source.get(o, o) for o in graph.outputs)

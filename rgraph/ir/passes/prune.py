@@ -37,6 +37,17 @@ def prune(graph: GraphIR, outputs: Sequence[str] | None = None) -> GraphIR:
         pruned = graph.replace(outputs=outputs)
     else:
         pruned = graph.replace(nodes=kept, consts=consts, outputs=outputs)
+        known = graph.known_types()
+        if known is not None:  # the same, less what was dropped: no sweep over the nodes
+            types = dict(known)
+            for node, k in zip(nodes, keep):
+                if not k:
+                    for out in node.outputs:
+                        del types[out.name]
+            for c in graph.consts:
+                if c.name not in needed:
+                    del types[c.name]
+            pruned.cache_types(types)
     return pruned.mark_scheduled() if graph.known_scheduled else pruned  # still in order
 
 
