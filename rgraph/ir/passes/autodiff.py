@@ -89,7 +89,8 @@ def autodiff(
     for node in reversed(nodes):
         outs = node.outputs
         if len(outs) == 1:
-            if outs[0].name not in pending:
+            out = outs[0].name
+            if out not in pending:
                 continue
         elif not any(o.name in pending for o in outs):
             continue
@@ -102,10 +103,10 @@ def autodiff(
             op = ops[node.op] = _differentiable(node)
         b._loc_override = node.loc  # b.location(node.loc); b is this pass's own
         if len(outs) == 1:
-            contributions = pop(outs[0].name)
+            contributions = pop(out)
             cts = [contributions[0] if len(contributions) == 1 else _accumulate(b, contributions)]
-            if outs[0].name in targets:
-                pending[outs[0].name] = [cts[0]]  # its gradient is also an output
+            if out in targets:
+                pending[out] = [cts[0]]  # its gradient is also an output
         else:
             cts = []
             for o in outs:
@@ -123,8 +124,8 @@ def autodiff(
         grads = op.vjp_node(b, node, cts, needs)
         for name, need, grad in zip(inputs, needs, grads):
             if grad is not None and need:
-                target = types[name]
-                if grad.type.shape != target.shape:
+                target, made = types[name], grad.type
+                if made is not target and made.shape != target.shape:  # (types are shared)
                     grad = _unbroadcast(b, grad, target)
                 contributions = get(name)
                 if contributions is None:

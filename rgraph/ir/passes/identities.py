@@ -18,9 +18,11 @@ def forward_identities(graph: GraphIR) -> GraphIR:
 
 
 def _forward(graph: GraphIR, keep_outputs: bool) -> GraphIR:
-    if "identity" not in graph.ops() and "bodies" not in graph.ops():
-        return graph
     protected = set(graph.outputs) if keep_outputs else set()
+    if "bodies" not in graph.ops() and all(  # (autodiff names each gradient with one)
+        n.outputs[0].name in protected for n in graph.nodes if n.op == "identity"
+    ):
+        return graph
     source: dict[str, str] = {}
     nodes = []
     append = nodes.append
