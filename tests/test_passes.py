@@ -510,6 +510,25 @@ def test_forward_identities_drops_identities_but_keeps_output_names():
     np.testing.assert_array_equal(rg.Interpreter(ir).run({"x": xv})["z"], np.tanh(xv))
 
 
+def test_what_reads_an_output_identity_reads_its_source_and_cse_sees_equal_work():
+    from rgraph.ir.passes import cse, forward_identities
+
+    g = rg.Graph("ids")
+    x = g.input("x", (3,))
+    t = g.tanh(x)
+    y = g.output(t, name="y")  # y = identity(t), the output's name
+    g.output(y * y + t * t, name="z")
+    ir = forward_identities(g.ir)
+    assert [n.op for n in ir.nodes if n.op == "identity"] == ["identity", "identity"]
+    assert "y" in ir.outputs and all("y" not in n.inputs for n in ir.nodes)
+    merged = cse(ir)
+    assert sum(n.op == "eltmul" for n in merged.nodes) == 1
+    xv = np.array([0.1, -0.2, 0.3])
+    out = rg.Interpreter(merged).run({"x": xv})
+    np.testing.assert_array_equal(out["y"], np.tanh(xv))
+    np.testing.assert_array_equal(out["z"], np.tanh(xv) ** 2 + np.tanh(xv) ** 2)
+
+
 def test_forward_identities_renames_loop_body_outputs():
     from rgraph.ir.passes import forward_identities
 

@@ -9,8 +9,10 @@ def forward_identities(graph: GraphIR) -> GraphIR:
     """Replace every use of ``y = identity(x)`` by ``x`` and drop the node.
 
     A graph's outputs keep their names (they are its interface), so an identity that
-    defines an output stays; a loop body's outputs are positional and are renamed too.
-    Autodiff names each gradient with an identity, one per step inside a loop.
+    defines an output stays, but what reads it reads ``x``: equal work on ``y`` and on
+    ``x`` is then seen as equal by ``cse``. A loop body's outputs are positional and are
+    renamed too. Autodiff names each gradient with an identity, one per step inside a
+    loop.
 
     Before: ``y = identity(x); z = tanh(y)``  After: ``z = tanh(x)``
     """
@@ -18,21 +20,25 @@ def forward_identities(graph: GraphIR) -> GraphIR:
 
 
 def _forward(graph: GraphIR, keep_outputs: bool) -> GraphIR:
-    protected = set(graph.outputs) if keep_outputs else set()
-    if "bodies" not in graph.ops() and all(  # (autodiff names each gradient with one)
-        n.outputs[0].name in protected for n in graph.nodes if n.op == "identity"
-    ):
+    nodes = graph.nodes
+    first = next((i for i, n in enumerate(nodes) if n.op == "identity"), None)
+    bodies = "bodies" in graph.ops()
+    if first is None and not bodies:
         return graph
+    # In dependency order, nothing before the first identity reads what it forwards.
+    start = first if first is not None and not bodies and graph.known_scheduled else 0
+    protected = set(graph.outputs) if keep_outputs else set()
     source: dict[str, str] = {}
-    nodes = []
-    append = nodes.append
+    kept = list(nodes[:start])
+    append = kept.append
     changed = False
-    for node in graph.nodes:
-        if node.op == "identity" and node.outputs[0].name not in protected:
-            x = node.inputs[0]
-            source[node.outputs[0].name] = source.get(x, x)
-            changed = True
-            continue
+    for node in nodes[start:]:
+        if node.op == "identity":
+            x, y = node.inputs[0], node.outputs[0].name
+            source[y] = source.get(x, x)
+            if y not in protected:
+                changed = True
+                continue
         new = node
         if node.bodies:
             new = node.map_bodies(lambda b: _forward(b, keep_outputs=False))
@@ -43,7 +49,7 @@ def _forward(graph: GraphIR, keep_outputs: bool) -> GraphIR:
         append(new)
     if not changed:
         return graph
-    outputs = tuple(source.get(o, o) for o in graph.outputs)
-    forwarded = graph.replace(nodes=tuple(nodes), outputs=outputs)
+    outputs = tuple(o if o in protected else source.get(o, o) for o in graph.outputs)
+    forwarded = graph.replace(nodes=tuple(kept), outputs=outputs)
     # A use of ``y = identity(x)`` now reads ``x``, made before: the order still holds.
     return forwarded.mark_scheduled() if graph.known_scheduled else forwarded
