@@ -130,6 +130,39 @@ def test_a_copy_keeps_only_the_caches_that_still_hold():
     assert only_add.ops() == {"add"} and ir.ops() == {"eltmul", "add", "sum"}
 
 
+def _first_ready_order(ir: GraphIR) -> list[int]:
+    """The order schedule promises, the plain way: the first listed of the ready nodes."""
+    made = {o.name: i for i, n in enumerate(ir.nodes) for o in n.outputs}
+    done: list[int] = []
+    while len(done) < len(ir.nodes):
+        i = next(
+            i
+            for i, n in enumerate(ir.nodes)
+            if i not in done and all(made.get(x, -1) in done or x not in made for x in n.inputs)
+        )
+        done.append(i)
+    return done
+
+
+def test_schedule_skipping_the_ordered_prefix_gives_the_first_ready_order():
+    rng = np.random.default_rng(7)
+    for trial in range(60):
+        g = rg.Graph(f"random{trial}")
+        values = [g.input("x", (2,))]
+        for _ in range(int(rng.integers(2, 25))):
+            a, b = (values[int(k)] for k in rng.integers(0, len(values), size=2))
+            values.append(a + b if rng.random() < 0.5 else g.tanh(a))
+        g.output(values[-1], name="y")
+        ir = g.ir
+        # A prefix in order, then a shuffled rest (as passes leave it: new nodes appended).
+        cut = int(rng.integers(0, len(ir.nodes)))
+        rest = list(ir.nodes[cut:])
+        rng.shuffle(rest)
+        shuffled = unmarked(ir.replace(nodes=(*ir.nodes[:cut], *rest)))
+        expected = [shuffled.nodes[i] for i in _first_ready_order(shuffled)]
+        assert list(schedule(shuffled).nodes) == expected, trial
+
+
 def test_a_remembered_inference_does_not_hide_a_later_error():
     g = rg.Graph()
     a, b = g.input("a", (3,)), g.input("b", (4,))

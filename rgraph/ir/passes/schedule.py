@@ -30,19 +30,21 @@ def schedule(graph: GraphIR) -> GraphIR:
     for i, node in enumerate(nodes):
         for out in node.outputs:
             producer[out.name] = i
-    if _in_order(nodes, producer):
+    start = _first_out_of_order(nodes, producer)
+    if start is None:
         return graph.mark_scheduled()
+    # The nodes before ``start`` have all their producers before them: Kahn's algorithm
+    # below would emit them first, as they are; it runs on the rest.
     waiting = [0] * len(nodes)
     users: list[list[int]] = [[] for _ in nodes]
-    for i, node in enumerate(nodes):
-        for name in set(node.inputs):
-            p = producer.get(name)
-            if p is not None:
+    get = producer.get
+    for i in range(start, len(nodes)):
+        for p in {get(name, -1) for name in nodes[i].inputs}:
+            if p >= start:
                 waiting[i] += 1
                 users[p].append(i)
-    ready = [i for i, w in enumerate(waiting) if w == 0]
-    heapq.heapify(ready)
-    order: list[int] = []
+    ready = [i for i in range(start, len(nodes)) if waiting[i] == 0]  # sorted: a heap
+    order = list(range(start))
     while ready:
         i = heapq.heappop(ready)
         order.append(i)
@@ -61,14 +63,14 @@ def schedule(graph: GraphIR) -> GraphIR:
     return graph.replace(nodes=tuple([nodes[i] for i in order])).mark_scheduled()
 
 
-def _in_order(nodes: tuple[Node, ...], producer: dict[str, int]) -> bool:
-    """Whether every node's inputs are made by nodes before it (or by none)."""
+def _first_out_of_order(nodes: tuple[Node, ...], producer: dict[str, int]) -> int | None:
+    """The first node that reads a value made by itself or a later node; None if none."""
     get = producer.get
     for i, node in enumerate(nodes):
         for name in node.inputs:
             if get(name, -1) >= i:
-                return False
-    return True
+                return i
+    return None
 
 
 def _find_cycle(nodes: tuple[Node, ...], producer: dict[str, int], waiting: list[int]) -> list[int]:
