@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Container
 
 from rgraph.ir.graph import GraphIR, Node, Var
 from rgraph.ir.op import get_op
@@ -100,17 +100,23 @@ def until_unchanged(
 
 
 class FreshNames:
-    """Fresh value names that the graph does not use yet."""
+    """Fresh value names that the graph does not use yet.
 
-    def __init__(self, taken):
-        self.taken = set(taken)
+    ``taken`` (the graph's names: its types, by name) is read, not copied: a pass makes
+    few names, and a copy for each pass and round costs more than they do.
+    """
+
+    def __init__(self, taken: Container[str]):
+        self.taken = taken
+        self.given: set[str] = set()
         self.count = 0
 
     def fresh(self, prefix: str) -> str:
-        while f"{prefix}{self.count}" in self.taken:
-            self.count += 1
         name = f"{prefix}{self.count}"
-        self.taken.add(name)
+        while name in self.taken or name in self.given:
+            self.count += 1
+            name = f"{prefix}{self.count}"
+        self.given.add(name)
         return name
 
 
