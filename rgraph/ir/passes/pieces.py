@@ -65,21 +65,32 @@ class _Rewriter:
         self.renames: dict[str, str] = {}
 
     def run(self) -> GraphIR | None:
-        for n in self.graph.nodes:
-            if n.op == "split" and len(n.outputs) > 1:
+        splits = [n for n in self.graph.nodes if n.op == "split" and len(n.outputs) > 1]
+        while splits:  # a split made here is taken here too: the next op on the pieces
+            made = len(self.added)
+            for n in splits:
                 self._ops_on_pieces(n)
                 self._reductions_of_pieces(n)
                 self._lone_piece(n)
-        for n in self.graph.nodes:
-            if n.op == "concat" and len(n.inputs) > 1 and id(n) not in self.removed:
-                self._concat_of_ops(n)
+            splits = [
+                n
+                for n in self.added[made:]
+                if n.op == "split" and len(n.outputs) > 1 and self._free(n)
+            ]
+        concats = [n for n in self.graph.nodes if n.op == "concat" and len(n.inputs) > 1]
+        while concats:  # likewise a concat made here (of the operands of the ops it took)
+            made = len(self.added)
+            for n in concats:
+                if self._free(n):
+                    self._concat_of_ops(n)
+            concats = [n for n in self.added[made:] if n.op == "concat" and len(n.inputs) > 1]
         if not self.added:  # last: the rules above may still read the pieces it removes
             for n in self.graph.nodes:
                 if n.op == "split" and len(n.outputs) > 1:
                     self._split_of_piece(n)
         if not self.added and not self.renames:
             return None
-        kept = [n for n in self.graph.nodes if id(n) not in self.removed] + self.added
+        kept = [n for n in (*self.graph.nodes, *self.added) if id(n) not in self.removed]
         if self.renames:
             kept = [n.renamed(self.renames) for n in kept]
         return prune(schedule(self.graph.replace(nodes=tuple(kept))))
@@ -90,7 +101,15 @@ class _Rewriter:
         return construct(Var, name=self.names.fresh("piece"), type=t)
 
     def _add(self, op: str, inputs: tuple, outputs: tuple, attrs: dict, loc) -> None:
-        self.added.append(make_node(op, inputs, outputs, attrs, loc))
+        """Add a node, known to the rules from then on (as the names' producer, and as a
+        user of its inputs: what it replaces stays listed, which only holds rules back)."""
+        node = make_node(op, inputs, outputs, attrs, loc)
+        self.added.append(node)
+        for out in outputs:
+            self.types[out.name] = out.type
+            self.producer[out.name] = node
+        for name in inputs:
+            self.users[name].append(node)
 
     def _free(self, n: Node) -> bool:
         """Whether ``n`` is still there to be rewritten (no rule took it yet)."""
@@ -155,7 +174,11 @@ class _Rewriter:
     def _lone_piece(self, split: Node) -> None:
         """A split of which one piece is used: a slice making only that piece."""
         outs = [o.name for o in split.outputs]
-        used = [k for k, o in enumerate(outs) if self.users[o] or o in self.outputs]
+        used = [
+            k
+            for k, o in enumerate(outs)
+            if any(map(self._free, self.users[o])) or o in self.outputs
+        ]
         a = get_op("split").node_attrs(split)
         if len(used) != 1 or not all(isinstance(s, int) for s in a.sizes) or not self._free(split):
             return
@@ -311,7 +334,7 @@ class _Rewriter:
                 or n.op != first.op
                 or n.attrs != first.attrs
                 or not self._free(n)
-                or len(self.users[name]) != 1
+                or sum(map(self._free, self.users[name])) != 1
                 or name in self.outputs
                 or concat.inputs.count(name) != 1
                 or any(self.types[i] != n.outputs[0].type for i in n.inputs)
