@@ -322,3 +322,18 @@ def test_merge_matmuls_returns_a_graph_without_products_as_it_is():
     g, _ = chain(4)
     ir = g.ir
     assert rg.ir.passes.merge_matmuls(ir) is ir
+
+
+def test_attrs_parsed_by_their_dicts_identity_follow_a_change_in_place():
+    # A node of its own (the builder's nodes share the lists of equal attributes).
+    t = make_type("float64", (2, 6))
+    outs = (Var(name="a", type=make_type("float64", (2, 2))), Var(name="b", type=t))
+    node = Node(op="split", inputs=("x",), outputs=outs, attrs={"axis": 1, "sizes": [2, 4]})
+    op = rg.ir.op.get_op("split")
+    assert list(op.attrs_of(node.attrs).sizes) == [2, 4]
+    assert op.attrs_of(node.attrs) is op.attrs_of(node.attrs)  # cached
+    node.attrs["sizes"][0] = 3  # (the IR is meant to be left alone; still, no stale answer)
+    node.attrs["sizes"][1] = 3
+    assert list(op.attrs_of(node.attrs).sizes) == [3, 3]
+    node.attrs["axis"] = 0
+    assert op.attrs_of(node.attrs).axis == 0

@@ -200,7 +200,24 @@ class Op:
         """The parsed attrs of a node, cached: passes and the interpreter ask often."""
         if not attrs:
             return _parse_cached(self.name, ())
-        return _parse_cached(self.name, freeze(attrs))
+        key = (self.name, id(attrs))
+        known = _PARSED_BY_IDENTITY.get(key)
+        if known is not None and known[0] is attrs and known[1] == attrs:
+            return known[2]
+        parsed = _parse_cached(self.name, freeze(attrs))
+        if len(_PARSED_BY_IDENTITY) >= _PARSED_BY_IDENTITY_MAX:
+            _PARSED_BY_IDENTITY.clear()
+        content = {k: list(v) if type(v) is list else v for k, v in attrs.items()}  # (flat)
+        _PARSED_BY_IDENTITY[key] = (attrs, content, parsed)
+        return parsed
+
+
+# Parsed attrs by the identity of a node's attrs dict (held, so that its id stays its
+# own), with a copy of its content in case it was changed in place: passes ask for the
+# same node's attrs many times, and freezing them for the cache below costs more than
+# comparing two small dicts. Bounded, as the cache below.
+_PARSED_BY_IDENTITY: dict[tuple[str, int], tuple[Mapping[str, Any], dict, Any]] = {}
+_PARSED_BY_IDENTITY_MAX = 8192
 
 
 def freeze(data: Any) -> Any:
