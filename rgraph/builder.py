@@ -233,6 +233,7 @@ class Graph:
         self._nodes: list[Node] = []
         self._outputs: list[str] = []
         self._types: dict[str, TensorType] = {}
+        self._ops: set[str] = set()  # of the nodes, as GraphIR.ops() gives them
         self._counter = 0
         self._loc_override: SourceLoc | None = None
         self._scalars: dict[tuple, str] = {}  # shared scalar constants
@@ -253,6 +254,7 @@ class Graph:
         g._nodes = list(ir.nodes)
         g._outputs = list(ir.outputs)
         g._types = ir.types()
+        g._ops = set(ir.ops())
         g._counter = len(g._types)
         g._in_order = ir.known_scheduled
         return g
@@ -278,6 +280,7 @@ class Graph:
                 ir.cache_types(dict(types))  # a plain copy, much the faster
             else:
                 ir.cache_types({**declared, **types})
+            ir.cache_ops(self._ops)
         return ir.mark_scheduled() if self._in_order else ir
 
     def __str__(self) -> str:
@@ -466,6 +469,9 @@ class Graph:
                 loc=loc,
             )
         )
+        self._ops.add(opname)
+        if op.body_names:
+            self._ops.add("bodies")
         if len(outs) == 1:
             types[name] = t
             return Value(self, name, t)
@@ -508,6 +514,7 @@ class Graph:
         _setattr(node, "__pydantic_extra__", None)
         _setattr(node, "__pydantic_private__", None)
         self._nodes.append(node)
+        self._ops.add(opname)
         types[name] = t
         return Value(self, name, t)
 

@@ -68,6 +68,7 @@ def test_every_stage_caches_the_types_it_would_compute_and_marks_only_ordered_no
         for stage, ir in program.stages.items():
             fresh = unmarked(ir)
             assert list(ir.types().items()) == list(fresh.types().items()), stage
+            assert ir.ops() == fresh.ops(), stage
             if ir.known_scheduled:
                 assert in_order(ir), stage
                 checked += 1
@@ -110,6 +111,8 @@ def test_the_builders_types_and_prunes_carry_what_types_would_compute():
     g.output(dead, name="dead")
     ir = g.ir
     assert ir.known_types() is not None
+    assert ir.__pydantic_private__["_ops"] is not None  # noted by the builder, no sweep
+    assert ir.ops() == unmarked(ir).ops()
     assert list(ir.types().items()) == list(unmarked(ir).types().items())
     for outputs in (["out"], ["dead"], ["out", "dead"], [a.name]):
         pruned = prune(ir, outputs)

@@ -10,7 +10,7 @@ and does not re-validate what it derived itself.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints
@@ -173,6 +173,15 @@ class GraphIR(BaseModel):
         the graph itself. ``types`` must be what :meth:`types` would compute, in its order
         (inputs, params, consts, node outputs); it is kept, not copied."""
         private = {**(self.__pydantic_private__ or {}), "_types": types}
+        object.__setattr__(self, "__pydantic_private__", private)
+        return self
+
+    def cache_ops(self, ops: Iterable[str]) -> GraphIR:
+        """Give :meth:`ops` its answer, known by whoever built the nodes (the builder
+        notes each op it records); returns the graph itself. ``ops`` must be what
+        :meth:`ops` would compute."""
+        cached = (self.nodes, frozenset(ops))
+        private = {**(self.__pydantic_private__ or {}), "_ops": cached}
         object.__setattr__(self, "__pydantic_private__", private)
         return self
 
