@@ -111,13 +111,16 @@ class Unary(Elementwise):
         return [type(self).rule(ins[0], outs[0], cts[0])]
 
     def vjp_node(self, g, node, cts, needs):
-        """As :meth:`Op.vjp_node`, without parsing the (absent) attributes."""
+        """As :meth:`Op.vjp_node`, without parsing the (absent) attributes; no values
+        are looked up when the cotangent only passes ``through``."""
+        if type(self).rule is through:
+            return [cts[0]]
         return self.vjp(g, None, [g.value(node.inputs[0])], [g.value(node.outputs[0].name)], cts)
 
 
 def through(*args: Any) -> Any:
     """The VJP rule of an input whose cotangent is the output's (``add``, ``identity``):
-    the last argument, passed on; Binary's ``vjp_node`` knows it and builds no values."""
+    the last argument, passed on; ``vjp_node`` knows it and builds no values."""
     return args[-1]
 
 

@@ -20,11 +20,11 @@ def forward_identities(graph: GraphIR) -> GraphIR:
 
 
 def _forward(graph: GraphIR, keep_outputs: bool) -> GraphIR:
-    nodes = graph.nodes
-    first = next((i for i, n in enumerate(nodes) if n.op == "identity"), None)
-    bodies = "bodies" in graph.ops()
-    if first is None and not bodies:
+    ops, nodes = graph.ops(), graph.nodes
+    bodies = "bodies" in ops
+    if "identity" not in ops and not bodies:
         return graph
+    first = next((i for i, n in enumerate(nodes) if n.op == "identity"), None)
     # In dependency order, nothing before the first identity reads what it forwards.
     start = first if first is not None and not bodies and graph.known_scheduled else 0
     protected = set(graph.outputs) if keep_outputs else set()
