@@ -216,7 +216,9 @@ def test_gc_paused_restores_the_collector_and_leaves_a_programs_freeze_alone():
         frozen = gc.get_freeze_count()
         with gc_paused():
             pass
-        assert gc.get_freeze_count() == frozen
+        # Not unfrozen (0), nor frozen again (more). It counts live objects: one frozen
+        # above may have been freed meanwhile (seen once in a full run: 2 fewer).
+        assert 0 < gc.get_freeze_count() <= frozen
     finally:
         gc.unfreeze()
 
