@@ -342,3 +342,14 @@ def test_attrs_parsed_by_their_dicts_identity_follow_a_change_in_place():
     assert list(op.attrs_of(node.attrs).sizes) == [3, 3]
     node.attrs["axis"] = 0
     assert op.attrs_of(node.attrs).axis == 0
+
+
+def test_nodes_made_from_equal_keywords_share_no_attribute_lists():
+    g = rg.Graph("shared")
+    x = g.input("x", (2, 6))
+    a = g.split(x, axis=1, sizes=[2, 4])
+    b = g.split(x * 2.0, axis=1, sizes=[2, 4])
+    g.output(a[0] + b[0], name="y")
+    first, second = (n for n in g.ir.nodes if n.op == "split")
+    assert first.attrs == second.attrs
+    assert first.attrs["sizes"] is not second.attrs["sizes"]

@@ -194,7 +194,8 @@ class Op:
             a = self.parse_attrs(kwargs)
             return a, self.dump_attrs(a)
         a, plain = _parse_kwargs_cached(self.name, key)
-        return a, dict(plain)
+        # Each node its own attrs, lists too: the cached dict is shared by every call.
+        return a, {k: list(v) if type(v) is list else v for k, v in plain.items()}
 
     def attrs_of(self, attrs: Mapping[str, Any]) -> Any:
         """The parsed attrs of a node, cached: passes and the interpreter ask often."""
