@@ -194,8 +194,7 @@ class Op:
             a = self.parse_attrs(kwargs)
             return a, self.dump_attrs(a)
         a, plain = _parse_kwargs_cached(self.name, key)
-        # Each node its own attrs, lists too: the cached dict is shared by every call.
-        return a, {k: list(v) if type(v) is list else v for k, v in plain.items()}
+        return a, _copy(plain)  # each node its own attrs: the cached dict is shared
 
     def attrs_of(self, attrs: Mapping[str, Any]) -> Any:
         """The parsed attrs of a node, cached: passes and the interpreter ask often."""
@@ -208,8 +207,7 @@ class Op:
         parsed = _parse_cached(self.name, freeze(attrs))
         if len(_PARSED_BY_IDENTITY) >= _PARSED_BY_IDENTITY_MAX:
             _PARSED_BY_IDENTITY.clear()
-        content = {k: list(v) if type(v) is list else v for k, v in attrs.items()}  # (flat)
-        _PARSED_BY_IDENTITY[key] = (attrs, content, parsed)
+        _PARSED_BY_IDENTITY[key] = (attrs, _copy(attrs), parsed)
         return parsed
 
 
@@ -219,6 +217,11 @@ class Op:
 # comparing two small dicts. Bounded, as the cache below.
 _PARSED_BY_IDENTITY: dict[tuple[str, int], tuple[Mapping[str, Any], dict, Any]] = {}
 _PARSED_BY_IDENTITY_MAX = 8192
+
+
+def _copy(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of plain attrs that shares nothing with them (they are flat: lists at most)."""
+    return {k: list(v) if type(v) is list else v for k, v in attrs.items()}
 
 
 def freeze(data: Any) -> Any:
