@@ -39,10 +39,11 @@ class _Slot:
     """A buffer that some sites share (their values' lives do not overlap): it grows, for
     all of them at once, when a site's value no longer fits."""
 
-    __slots__ = ("buffer",)
+    __slots__ = ("buffer", "run")
 
     def __init__(self, buffer: np.ndarray):
         self.buffer = buffer
+        self.run = -1  # the last run that gave it to a site it was home to before
 
 
 def small(shape: tuple[int, ...], dtype: np.dtype) -> bool:
@@ -74,8 +75,8 @@ class Arena:
         # The most bytes any run's sites had; slots of sites no run asks for any more
         # are held up to half as much again (batches of another kind may come back).
         self.budget = 0
-        self._held = 0  # the bytes of the slots held after the last trim
         self._moved = False  # whether a site of this run changed or grew its slot
+        self._used = 0  # the bytes of the slots this run gave to their sites (if none moved)
 
     @property
     def buffers(self) -> list[np.ndarray]:
@@ -94,9 +95,16 @@ class Arena:
             return np.empty(shape, dtype)
         if place is None:
             place = (dtype.str, tuple(shape[1:]))
-        n = self._asked.get(place, 0)
-        self._asked[place] = n + 1
-        home = self._homes.get((place, n))
+        return self.take(place, size, dtype, tuple(shape))
+
+    def take(self, place: Hashable, size: int, dtype: np.dtype, shape: tuple) -> np.ndarray:
+        """:meth:`empty` of ``size >= MIN_BYTES`` bytes, all given: a program's request,
+        prepared once (:func:`allocator`)."""
+        asked = self._asked
+        n = asked.get(place, 0)
+        asked[place] = n + 1
+        site = (place, n)
+        home = self._homes.get(site)
         slot = home[0] if home is not None else None
         # References to a free buffer here: its slot's and getrefcount's argument; any
         # more is an array made from it.
@@ -109,8 +117,11 @@ class Arena:
         elif slot.buffer.nbytes < size:
             self._moved = True
             slot.buffer = np.empty(_capacity(size), np.uint8)  # (the old buffer is free: let go)
-        self._homes[place, n] = (slot, self._runs)
-        return slot.buffer[:size].view(dtype).reshape(shape)
+        elif slot.run != self._runs:
+            slot.run = self._runs
+            self._used += slot.buffer.nbytes
+        self._homes[site] = (slot, self._runs)
+        return np.ndarray(shape, dtype, slot.buffer)  # (a view: its base is the buffer)
 
     def _fit(self, size: int) -> _Slot | None:
         """The smallest free slot of ``size`` to ``2 * size`` bytes (None: none)."""
@@ -131,12 +142,13 @@ class Arena:
         held are more than half as much again as the budget; slots no site has go."""
         run, homes = self._runs, self._homes
         self._runs += 1
-        requests = sum(self._asked.values())  # one per site this run asked for, all homed
         self._asked.clear()
-        if not self._moved and requests == len(homes):
-            # Every site asked for, each in its slot of before: the slots held are the
-            # last trim's, all in this run's use (the usual run, in a few microseconds).
-            self.budget = max(self.budget, self._held)
+        in_use, self._used = self._used, 0
+        if not self._moved:
+            # Each site asked for got its slot of before: the slots held are the last
+            # trim's, which left no more than the limit, and the budget only grows, so
+            # there is nothing to let go (the usual run, in a few microseconds).
+            self.budget = max(self.budget, in_use)
             return
         self._moved = False
         sites: dict[int, int] = {}  # slot -> how many sites it is home to
@@ -156,7 +168,6 @@ class Arena:
             if not sites[id(slot)]:
                 held -= slot.buffer.nbytes
         self._slots = [slot for slot in self._slots if sites.get(id(slot))]
-        self._held = held
 
 
 def _capacity(size: int) -> int:
@@ -175,10 +186,27 @@ class ThreadArenas:
         dtype = np.dtype(dtype)
         if small(shape, dtype):  # (as Arena.empty, sooner)
             return np.empty(shape, dtype)
+        return self._arena().empty(shape, dtype, place)
+
+    def _arena(self) -> Arena:
         arena = getattr(self._local, "arena", None)
         if arena is None:
             arena = self._local.arena = Arena()
-        return arena.empty(shape, dtype, place)
+        return arena
+
+    def maker(self, shape: tuple[int, ...], dtype: np.dtype, place: Hashable) -> Any:
+        """``empty(shape, dtype, place)`` of a large array as a call of no arguments, its
+        size worked out once (see :func:`allocator`)."""
+        size, shape, local = math.prod(shape) * dtype.itemsize, tuple(shape), self._local
+
+        def make() -> np.ndarray:
+            try:
+                arena = local.arena
+            except AttributeError:
+                arena = self._arena()
+            return arena.take(place, size, dtype, shape)
+
+        return make
 
     def trim(self) -> None:
         """:meth:`Arena.trim` of this thread's arena."""
@@ -200,4 +228,7 @@ def allocator(
     dtype = np.dtype(dtype)
     if small(shape, dtype):
         return functools.partial(np.empty, shape, dtype)
+    arenas = getattr(empty, "__self__", None)
+    if isinstance(arenas, ThreadArenas):  # its own fast path
+        return arenas.maker(shape, dtype, place)
     return functools.partial(empty, shape, dtype, place)
