@@ -29,6 +29,11 @@ if TYPE_CHECKING:
 Kernel = Callable[..., Any]
 
 
+def fresh(shape: tuple[int, ...], dtype: Any, place: Any = None) -> np.ndarray:
+    """``np.empty`` with an arena's signature: new memory, whatever the ``place``."""
+    return np.empty(shape, dtype)
+
+
 @dataclass(frozen=True)
 class KernelContext:
     """What a kernel is prepared for: sizes of symbolic dims, and the debug mode."""
@@ -37,8 +42,10 @@ class KernelContext:
     check_finite: bool = False
     # Kept across bindings by the interpreter, e.g. for loop bodies' interpreters.
     cache: dict = field(default_factory=dict)
-    # ``np.empty`` for arrays a kernel fills itself (a loop's ys): the interpreter's arena.
-    empty: Callable[..., Any] = np.empty
+    # ``empty(shape, dtype, place)`` for arrays a kernel fills itself (a loop's ys): the
+    # interpreter's arena, which gives a ``place`` (any key naming the request, the same
+    # at every run) the memory it had the run before.
+    empty: Callable[..., Any] = fresh
     # For ops that set ``specializes``: the node's input types, and whether every ``out=``
     # the interpreter gives the kernel is C-contiguous (``()``, False: no promise).
     inputs: tuple[TensorType, ...] = ()

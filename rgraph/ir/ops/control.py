@@ -81,6 +81,13 @@ class BodyOp(Op):
         return ctx.cache[key][1]
 
 
+def _places(body: GraphIR, count: int) -> list[tuple]:
+    """Where the ``count`` stacked outputs of a loop over ``body`` are asked for, one key
+    each (see :class:`~rgraph.ir.op.KernelContext`): the same for every binding, so an
+    arena keeps giving each its memory whatever the sequence length."""
+    return [("ys", id(body), j) for j in range(count)]
+
+
 @register
 class Scan(BodyOp):
     """Run ``body`` once per step along the leading axis of ``xs``, threading carries.
@@ -135,12 +142,15 @@ class Scan(BodyOp):
             for name in a.body.outputs[nc:]
         ]
         length = None if nx else dims.evaluate(a.length, ctx.dims)
-        empty = ctx.empty
+        empty, places = ctx.empty, _places(a.body, len(y_shapes))
 
         def scan(*args):
             xs = args[nc : nc + nx]
             steps = xs[0].shape[0] if nx else length
-            ys = [empty((steps, *shape), dtype) for dtype, shape in y_shapes]
+            ys = [
+                empty((steps, *shape), dtype, place)
+                for (dtype, shape), place in zip(y_shapes, places)
+            ]
             order = range(steps - 1, -1, -1) if a.reverse else range(steps)
             carry = run_loop(args[:nc], xs, args[nc + nx :], ys, order)
             return (*carry, *ys) if len(carry) + len(ys) != 1 else (carry + ys)[0]
@@ -384,11 +394,11 @@ class Map(BodyOp):
             )
             if order and size
         ]
-        empty = ctx.empty
+        empty, places = ctx.empty, _places(a.body, len(y_shapes))
 
         def map_blocks(*args):
             xs, invariants = args[:nx], args[nx:]
-            ys = [empty(shape, dtype) for dtype, shape in y_shapes]
+            ys = [empty(shape, dtype, place) for (dtype, shape), place in zip(y_shapes, places)]
             for loop, order in blocks:
                 loop((), xs, invariants, ys, order)
             return ys[0] if len(ys) == 1 else tuple(ys)
