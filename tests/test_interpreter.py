@@ -502,3 +502,35 @@ def test_feeds_of_shapes_checked_before_are_still_refused_when_wrong():
     np.testing.assert_array_equal(out["s"], [6.0, 6.0])
     np.testing.assert_array_equal(interp.run({"x": a, "y": b, "unused": np.ones(2)})["s"], [6, 6])
     assert len(interp._bindings) == 2
+
+
+def test_values_of_dim_sizes_alone_are_computed_once_per_binding(monkeypatch):
+    # full, full_like and numel read no values, and a sum of a mask of ones reads only
+    # them: each binding computes them once, later runs reuse the values, and what a
+    # caller gets is its own copy.
+    from rgraph.ir.ops import elementwise, reduce
+
+    fills = []
+
+    def counted(shape, dtype, value):
+        fills.append(shape)
+        return np.full(shape, value, dtype)
+
+    monkeypatch.setattr(reduce, "filled", counted)
+    monkeypatch.setattr(elementwise, "filled", counted)
+    g = rg.Graph("sizes")
+    x = g.input("x", ("T", 3))
+    count = g.full(shape=["T", 3], value=1.0).sum()
+    g.output(x * count / x.numel(), name="scaled")
+    g.output(count, name="count")
+    g.output(g.full_like(x, value=0.0), name="zeros")
+    interp = rg.Interpreter(g.ir)
+    for T in (2, 2, 4, 2, 4, 2):
+        x0 = np.random.default_rng(T).normal(size=(T, 3))
+        out = interp.run({"x": x0})
+        np.testing.assert_array_equal(out["scaled"], x0 * (3.0 * T) / (3.0 * T))
+        assert out["count"] == 3.0 * T
+        np.testing.assert_array_equal(out["zeros"], np.zeros((T, 3)))
+        out["count"][...] = -1.0  # (its own copy: later runs are not changed)
+        out["zeros"][...] = -1.0
+    assert sorted(fills) == [(2, 3), (2, 3), (4, 3), (4, 3)]  # full and full_like, per T

@@ -89,6 +89,10 @@ class Op:
     # interpreter then fills them in, per node): e.g. to be a numpy function itself,
     # with no Python between the schedule and numpy.
     specializes: ClassVar[bool] = False
+    # Whether the outputs depend on the inputs' values (False: on their types only, as
+    # ``full_like``'s): the interpreter computes a value that depends on nothing but
+    # dim sizes once per binding (see :class:`~rgraph.exec.interpreter.Interpreter`).
+    reads_values: ClassVar[bool] = True
 
     def infer(self, ins: Sequence[TensorType], a: Any) -> list[TensorType]:
         """Output types from input types; raise ShapeError or DTypeError."""

@@ -358,6 +358,7 @@ class FullLike(Elementwise):
 
     name = "full_like"
     flops_per_element = 0  # fills memory only
+    reads_values = False
     Attrs = FullLikeAttrs
 
     def infer(self, ins, a):

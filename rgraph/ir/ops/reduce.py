@@ -102,6 +102,7 @@ class Numel(Op):
 
     name = "numel"
     flops_per_element = 0  # reads shapes only
+    reads_values = False
     Attrs = ReduceAttrs
 
     def infer(self, ins, a):
