@@ -67,7 +67,6 @@ class Interpreter:
         self._last_use = self._plan_frees()
         self._joined, self._joins = self._plan_joins()
         self._param_joins = self._plan_param_joins()
-        self._fixed = self._plan_fixed()
         used = self._read | set(graph.outputs)  # read by a node, or an output
         # Inputs whose dims are plain names bind them before product dims are checked.
         self.inputs = sorted(
@@ -128,7 +127,11 @@ class Interpreter:
         if steps is None:
             ctx = KernelContext(dict(binding), self.check_finite, self._cache, self.empty)
             steps = []
-            known = {self.graph.consts[j].name: arr for j, (_, arr) in enumerate(self.consts)}
+            # Values that depend on nothing but dim sizes, computed now (see _computed);
+            # not in loop bodies (their values are planned by the loop) nor in debug mode
+            # (which checks each node as it runs).
+            fixing = not (self.loop_body or self.check_finite)
+            known = {c.name: arr for c, (_, arr) in zip(self.graph.consts, self.consts)}
             for i, node in enumerate(self.graph.nodes):
                 op = get_op(node.op)
                 try:
@@ -137,7 +140,11 @@ class Interpreter:
                         kernel = op.kernel(op.node_attrs(node), self._context(ctx, op, i))
                         if not op.uses_dims:
                             self._kernels[i] = kernel
-                    if i in self._fixed:
+                    if (
+                        fixing
+                        and not (node.bodies or node.op == "concat" or i in self._joined)
+                        and (not op.reads_values or all(map(known.__contains__, node.inputs)))
+                    ):
                         kernel = self._computed(kernel, node, known, binding)
                     top = not self.loop_body and i not in self._joined  # (joined: see below)
                     if i in self._param_joins:
@@ -164,39 +171,20 @@ class Interpreter:
             self._prepared[key] = steps
         return steps
 
-    def _plan_fixed(self) -> set[int]:
-        """Top-level nodes whose values depend on nothing but the sizes of dims: those of
-        ops that read no values (``full``, ``full_like``, ``numel``) and those computed
-        from consts and such values alone (a count of a mask of ones, its reciprocal).
-        :meth:`_steps` computes the small ones once per binding. Not in loop bodies (their
-        values are planned by the loop), nor for a concat's array (written in place), nor
-        in debug mode (which checks each node as it runs)."""
-        if self.loop_body or self.check_finite:
-            return set()
-        known = {c.name for c in self.graph.consts}
-        fixed = set()
-        for i, node in enumerate(self.graph.nodes):
-            if node.bodies or i in self._joined or i in self._joins.values():
-                continue
-            if not get_op(node.op).reads_values or known.issuperset(node.inputs):
-                fixed.add(i)
-                known.update(o.name for o in node.outputs)
-        return fixed
-
     def _computed(
         self, kernel: Any, node: Node, known: dict[str, Any], binding: Mapping[str, int]
     ) -> Any:
-        """A kernel giving fixed ``node``'s value (see :meth:`_plan_fixed`), computed now
-        from the values in ``known`` (to which it adds its own) as read-only arrays; or
-        ``kernel`` itself if a value is large (kept once per binding, it would hold its
-        memory) or an input's value was not kept."""
+        """A kernel giving ``node``'s value, which depends on nothing but dim sizes: its
+        op reads no values (``full``, ``full_like``, ``numel``), or it reads only values
+        in ``known`` (consts, and those computed so far). Computed now, once per binding,
+        as read-only arrays (added to ``known``). ``kernel`` itself if an output is large
+        (kept per binding, it would hold its memory) or computing it fails (the run then
+        says where)."""
         types = [o.type for o in node.outputs]
         shapes = [tuple(dims.evaluate(d, binding) for d in t.shape) for t in types]
         if not all(small(shape, t.np_dtype) for shape, t in zip(shapes, types)):
             return kernel
         if get_op(node.op).reads_values:
-            if not known.keys() >= set(node.inputs):
-                return kernel
             args = [known[name] for name in node.inputs]
         else:  # only their types count
             args = [
