@@ -317,6 +317,35 @@ def test_grad_norm_is_that_of_its_step_when_read_later(make, dtype, monkeypatch)
     assert norms == [1]  # computed once
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_ratio_clipped_is_that_of_its_step_when_read_later(dtype, monkeypatch):
+    # A flat step counts what it clipped when the count is read (from its copy of the
+    # gradients): stats still held when the next step overwrites that copy keep their
+    # own step's count, and a loop that drops its stats never counts.
+    opt, params = rg.RMSProp(clipval=2.0), store(2, dtype)
+    held = [opt.step(params, grads_at(step, dtype)) for step in range(4)]
+    assert opt._layout is not None
+    for step, stats in enumerate(held):
+        grads = grads_at(step, dtype)
+        beyond = sum(int(np.count_nonzero(np.abs(g) > 2.0)) for g in grads.values())
+        assert stats.ratio_clipped == beyond / 15 > 0, step
+
+    counts = []
+    counted = rg.exec.optim._Layout.clipped
+    monkeypatch.setattr(
+        rg.exec.optim._Layout, "clipped", lambda self, c: counts.append(c) or counted(self, c)
+    )
+    for step in range(3):
+        opt.step(params, grads_at(step, dtype))
+    assert counts == []
+    stats = opt.step(params, grads_at(9, dtype))
+    assert counts == []
+    grads = grads_at(9, dtype)
+    expected = sum(int(np.count_nonzero(np.abs(g) > 2.0)) for g in grads.values()) / 15
+    assert stats.ratio_clipped == expected
+    assert stats.ratio_clipped == expected and counts == [2.0]  # counted once
+
+
 def test_step_stats_compare_copy_and_pickle_as_values():
     import pickle
 
