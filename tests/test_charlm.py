@@ -282,6 +282,21 @@ def test_each_kind_trains_saves_and_resumes(kind, tmp_path):
         assert np.array_equal(resumed.model.params[name], value), name
 
 
+def test_training_measures_no_step_it_does_not_report(monkeypatch):
+    # The optimiser computes a step's gradient norm and clipped count only for stats
+    # still held at the next step: the training loop holds none.
+    measured = []
+    layout = rg.exec.optim._Layout
+    norm, clipped = layout.norm, layout.clipped
+    monkeypatch.setattr(layout, "norm", lambda self: measured.append("norm") or norm(self))
+    monkeypatch.setattr(
+        layout, "clipped", lambda self, c: measured.append("clip") or clipped(self, c)
+    )
+    session = charlm.start(small(), SENTENCES)
+    charlm.train(session, steps=5, report_every=100, samples=0)
+    assert session.step == 5 and measured == []
+
+
 def test_float32_training_stays_float32(tmp_path):
     session = charlm.start(small(dtype="float32"), SENTENCES)
     reports: list[charlm.Report] = []
