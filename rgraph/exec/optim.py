@@ -616,17 +616,19 @@ class StepStats:
 
     @property
     def ratio_clipped(self) -> float:
-        ratio = self._ratio
-        if callable(ratio):
-            ratio = self._ratio = ratio()
-        return ratio
+        return self._figure("_ratio")
 
     @property
     def grad_norm(self) -> float:
-        norm = self._norm
-        if callable(norm):
-            norm = self._norm = norm()
-        return norm
+        return self._figure("_norm")
+
+    def _figure(self, slot: str) -> float:
+        """The value in ``slot``, computed now if it holds what computes it."""
+        value = getattr(self, slot)
+        if callable(value):
+            value = value()
+            setattr(self, slot, value)
+        return value
 
     def __repr__(self) -> str:
         return (
