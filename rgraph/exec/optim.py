@@ -595,11 +595,11 @@ class StepStats:
     grad_norm
         The global L2 norm of the gradients as given, before any clipping.
 
-    A step needs neither to update (without ``clip_norm``: no norm), so each is computed
-    when first read, from the optimiser's copy of the gradients: a training loop that
-    never reads them does not pay for them (counting the clipped elements of config B's
-    225,608 took two passes over them at every step). The optimiser computes them before
-    its next step overwrites that copy, if these stats are still held by then.
+    The update needs neither figure (nor the norm, without ``clip_norm``), so each is
+    computed when first read, from the optimiser's copy of the gradients: a training
+    loop that never reads them does not pay for them (counting the clipped elements of
+    config B's 225,608 took two passes over them at every step). The optimiser computes
+    them before its next step overwrites that copy, if these stats are still held then.
     """
 
     __slots__ = ("__weakref__", "_norm", "_ratio", "step")
