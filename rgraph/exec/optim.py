@@ -595,7 +595,7 @@ class StepStats:
     grad_norm
         The global L2 norm of the gradients as given, before any clipping.
 
-    The update needs neither figure (nor the norm, without ``clip_norm``), so each is
+    The update never needs the count, nor the norm without ``clip_norm``, so each is
     computed when first read, from the optimiser's copy of the gradients: a training
     loop that never reads them does not pay for them (counting the clipped elements of
     config B's 225,608 took two passes over them at every step). The optimiser computes
