@@ -200,7 +200,7 @@ def test_runs_in_two_threads_at_once_do_not_share_memory():
 
 def _held(prog: rg.Program) -> list[np.ndarray]:
     """The buffers of ``prog``'s arena in this thread."""
-    made = getattr(prog.interpreter.empty.__self__._local, "arena", None)
+    made = getattr(prog.interpreter.arenas._local, "arena", None)
     return made.buffers if made is not None else []  # (none until a value is large)
 
 

@@ -26,7 +26,7 @@ import functools
 import math
 import sys
 import threading
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from typing import Any
 
 import numpy as np
@@ -99,7 +99,7 @@ class Arena:
 
     def take(self, place: Hashable, size: int, dtype: np.dtype, shape: tuple) -> np.ndarray:
         """:meth:`empty` of ``size >= MIN_BYTES`` bytes, all given: a program's request,
-        prepared once (:func:`allocator`)."""
+        prepared once (:meth:`ThreadArenas.maker`)."""
         asked = self._asked
         n = asked.get(place, 0)
         asked[place] = n + 1
@@ -194,10 +194,18 @@ class ThreadArenas:
             arena = self._local.arena = Arena()
         return arena
 
-    def maker(self, shape: tuple[int, ...], dtype: np.dtype, place: Hashable) -> Any:
-        """``empty(shape, dtype, place)`` of a large array as a call of no arguments, its
-        size worked out once (see :func:`allocator`)."""
-        size, shape, local = math.prod(shape) * dtype.itemsize, tuple(shape), self._local
+    def maker(self, shape: tuple[int, ...], dtype: Any, place: Hashable) -> Any:
+        """``empty(shape, dtype, place)`` as a call of no arguments, for an array a program
+        makes at every run: its size worked out once, a small one straight from numpy.
+
+        >>> make = ThreadArenas().maker((2, 3), np.float32, "x")
+        >>> make().shape, make().dtype
+        ((2, 3), dtype('float32'))
+        """
+        dtype, shape = np.dtype(dtype), tuple(shape)
+        if small(shape, dtype):
+            return functools.partial(np.empty, shape, dtype)
+        size, local = math.prod(shape) * dtype.itemsize, self._local
 
         def make() -> np.ndarray:
             try:
@@ -213,22 +221,3 @@ class ThreadArenas:
         arena = getattr(self._local, "arena", None)
         if arena is not None:
             arena.trim()
-
-
-def allocator(
-    empty: Callable[..., np.ndarray], shape: tuple[int, ...], dtype: Any, place: Hashable
-) -> Any:
-    """``empty(shape, dtype, place)`` as a call of no arguments, for an array made at every
-    run: a small one comes straight from numpy, decided once rather than at each call.
-
-    >>> make = allocator(ThreadArenas().empty, (2, 3), np.float32, "x")
-    >>> make().shape, make().dtype
-    ((2, 3), dtype('float32'))
-    """
-    dtype = np.dtype(dtype)
-    if small(shape, dtype):
-        return functools.partial(np.empty, shape, dtype)
-    arenas = getattr(empty, "__self__", None)
-    if isinstance(arenas, ThreadArenas):  # its own fast path
-        return arenas.maker(shape, dtype, place)
-    return functools.partial(empty, shape, dtype, place)

@@ -8,14 +8,14 @@ prepared steps depend on the sizes of symbolic dims, so they are cached per bind
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from rgraph.errors import ExecutionError, FeedError, NonFiniteError
-from rgraph.exec.arena import ThreadArenas, allocator, small
+from rgraph.exec.arena import ThreadArenas, small
 from rgraph.exec.packing import tiled
 from rgraph.ir import dims
 from rgraph.ir.graph import GraphIR, Node
@@ -47,17 +47,17 @@ class Interpreter:
         *,
         check_finite: bool = False,
         loop_body: bool = False,
-        empty: Callable[..., np.ndarray] | None = None,
+        memory: Any = None,
     ):
         self.graph = graph
         # Debug mode: stop at the first node that produces a NaN or an infinity.
         self.check_finite = check_finite
         # Large values are made in memory kept across runs (a loop body's own values are
-        # planned by its loop: see _out_plan); ``empty`` allocates it, from the arenas of
-        # the outermost interpreter, which trims them after each run.
+        # planned by its loop: see _out_plan); ``memory`` gives it: the arenas of the
+        # outermost interpreter, which trims them after each run.
         self.loop_body = loop_body
-        self.arenas = None if empty is not None else ThreadArenas()
-        self.empty = empty or self.arenas.empty
+        self.arenas = None if memory is not None else ThreadArenas()
+        self.memory = memory or self.arenas
         self._types = names = graph.types()
         self.slot: dict[str, int] = dict(zip(names, range(len(names))))
         self.consts = [
@@ -125,7 +125,7 @@ class Interpreter:
         key = tuple(sorted(binding.items()))
         steps = self._prepared.get(key)
         if steps is None:
-            ctx = KernelContext(dict(binding), self.check_finite, self._cache, self.empty)
+            ctx = KernelContext(dict(binding), self.check_finite, self._cache, self.memory)
             steps = []
             # Values that depend on nothing but dim sizes, computed now (see _computed);
             # not in loop bodies (their values are planned by the loop) nor in debug mode
@@ -278,9 +278,7 @@ class Interpreter:
     def _allocation(self, c: int, binding: Mapping[str, int]) -> Step:
         """The step making concat ``c``'s array, into the concat's own slot."""
         shape, _ = self._pieces(c, binding)
-        make = allocator(
-            self.empty, shape, self.graph.nodes[c].outputs[0].type.np_dtype, (id(self), c)
-        )
+        make = self.memory.maker(shape, self.graph.nodes[c].outputs[0].type.np_dtype, (id(self), c))
         slot = self.slot[self.graph.nodes[c].outputs[0].name]
         return Step(kernel=make, inputs=(), outputs=(slot,), free=(), node=c)
 
@@ -331,7 +329,7 @@ class Interpreter:
         shape = tuple(dims.evaluate(d, binding) for d in t.shape)
         if small(shape, t.np_dtype):
             return kernel
-        make = allocator(self.empty, shape, t.np_dtype, (id(self), i))
+        make = self.memory.maker(shape, t.np_dtype, (id(self), i))
         return lambda *args: kernel(*args, out=make())
 
     def run(
@@ -479,8 +477,7 @@ class Interpreter:
         size, consts, nodes = len(self.slot), self.consts, self.graph.nodes
         carry_slots, inv_slots = in_slots[:nc], in_slots[nc + nx :]
         makers = [
-            allocator(
-                self.empty,
+            self.memory.maker(
                 tuple(dims.evaluate(d, binding) for d in nodes[i].outputs[0].type.shape),
                 nodes[i].outputs[0].type.np_dtype,
                 (id(self), i),

@@ -29,9 +29,15 @@ if TYPE_CHECKING:
 Kernel = Callable[..., Any]
 
 
-def fresh(shape: tuple[int, ...], dtype: Any, place: Any = None) -> np.ndarray:
-    """``np.empty`` with an arena's signature: new memory, whatever the ``place``."""
-    return np.empty(shape, dtype)
+class FreshMemory:
+    """Where arrays come from without an arena: new memory for each, whatever the
+    ``place``. The interface of :class:`~rgraph.exec.arena.ThreadArenas`."""
+
+    def empty(self, shape: tuple[int, ...], dtype: Any, place: Any = None) -> np.ndarray:
+        return np.empty(shape, dtype)
+
+    def maker(self, shape: tuple[int, ...], dtype: Any, place: Any) -> Callable[[], np.ndarray]:
+        return functools.partial(np.empty, tuple(shape), np.dtype(dtype))
 
 
 @dataclass(frozen=True)
@@ -42,10 +48,10 @@ class KernelContext:
     check_finite: bool = False
     # Kept across bindings by the interpreter, e.g. for loop bodies' interpreters.
     cache: dict = field(default_factory=dict)
-    # ``empty(shape, dtype, place)`` for arrays a kernel fills itself (a loop's ys): the
-    # interpreter's arena, which gives a ``place`` (any key naming the request, the same
-    # at every run) the memory it had the run before.
-    empty: Callable[..., Any] = fresh
+    # Where arrays a kernel fills itself come from (a loop's ys), ``memory.empty(shape,
+    # dtype, place)``: the interpreter's arenas, which give a ``place`` (any key naming
+    # the request, the same at every run) the memory it had the run before.
+    memory: Any = field(default_factory=FreshMemory)
     # For ops that set ``specializes``: the node's input types, and whether every ``out=``
     # the interpreter gives the kernel is C-contiguous (``()``, False: no promise).
     inputs: tuple[TensorType, ...] = ()

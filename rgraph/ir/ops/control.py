@@ -75,7 +75,7 @@ class BodyOp(Op):
         key = (self.name, id(a.body), loop_body)
         if key not in ctx.cache:
             body = Interpreter(
-                a.body, check_finite=ctx.check_finite, loop_body=loop_body, empty=ctx.empty
+                a.body, check_finite=ctx.check_finite, loop_body=loop_body, memory=ctx.memory
             )
             ctx.cache[key] = (a.body, body)
         return ctx.cache[key][1]
@@ -142,7 +142,7 @@ class Scan(BodyOp):
             for name in a.body.outputs[nc:]
         ]
         length = None if nx else dims.evaluate(a.length, ctx.dims)
-        empty, places = ctx.empty, _places(a.body, len(y_shapes))
+        empty, places = ctx.memory.empty, _places(a.body, len(y_shapes))
 
         def scan(*args):
             xs = args[nc : nc + nx]
@@ -394,7 +394,7 @@ class Map(BodyOp):
             )
             if order and size
         ]
-        empty, places = ctx.empty, _places(a.body, len(y_shapes))
+        empty, places = ctx.memory.empty, _places(a.body, len(y_shapes))
 
         def map_blocks(*args):
             xs, invariants = args[:nx], args[nx:]
