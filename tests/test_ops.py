@@ -200,6 +200,8 @@ def test_out_kernels_write_a_column_of_a_wider_array(case: Case, dtype: str) -> 
         pytest.skip("not elementwise on arrays of one shape with rows")
     columns = [np.ascontiguousarray(a[..., 1:2]) for a in arrays]
     want = np.asarray(kernel(*[c.copy() for c in columns]))
+    if want.ndim == 0 or want.shape[-1] != 1:
+        pytest.skip("its value has no column to write (a reduction over the last axis)")
     # Strided columns of 8-column arrays: the stride at which NumPy 2.4.6's np.negative
     # reads wrong elements.
     wide = []

@@ -72,10 +72,11 @@ class Sum(Reduce):
     """Sum over ``axes`` (all when omitted)."""
 
     name = "sum"
+    writes_out = True
 
     def kernel(self, a, ctx):
         axes, keepdims = a.axes, a.keepdims
-        return lambda x: x.sum(axis=axes, keepdims=keepdims)
+        return lambda x, out=None: x.sum(axis=axes, keepdims=keepdims, out=out)
 
     def vjp(self, g, a, ins, outs, cts):
         return [self._spread(g, a, ins[0], cts[0])]
