@@ -144,8 +144,14 @@ class Trainer:
         self.step_count = step
 
     def step(self, feeds: Mapping[str, Any]) -> StepReport:
-        """Forward, backward and one optimiser update on one batch."""
-        result = self.program.run(feeds, self.params)
+        """Forward, backward and one optimiser update on one batch.
+
+        With an optimiser that has :meth:`~rgraph.exec.optim.Optimizer.gradient_buffers`,
+        the program writes the gradients where the update reads them.
+        """
+        buffers = getattr(self.optimizer, "gradient_buffers", None)
+        into = buffers() if buffers is not None else None
+        result = self.program.run(feeds, self.params, grads_into=into)
         stats = self.optimizer.step(self.params, result.grads)
         self.step_count += 1
         loss, nll, count = (float(result.outputs[n]) for n in self.names)

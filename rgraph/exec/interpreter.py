@@ -7,6 +7,7 @@ prepared steps depend on the sizes of symbolic dims, so they are cached per bind
 
 from __future__ import annotations
 
+import functools
 import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -17,6 +18,7 @@ import numpy as np
 from rgraph.errors import ExecutionError, FeedError, NonFiniteError
 from rgraph.exec.arena import ThreadArenas, small
 from rgraph.exec.packing import tiled
+from rgraph.exec.placement import Placement, plan
 from rgraph.ir import dims
 from rgraph.ir.graph import GraphIR, Node
 from rgraph.ir.op import KernelContext, get_op
@@ -92,6 +94,12 @@ class Interpreter:
         self._flat: FlatSchedule | None = None
         self._loop: LoopSchedule | None = None
         self._runs: dict[int, Any] = {}
+        # Where runs given arrays for outputs write them (see run's ``into``), by binding.
+        self._placements: dict[tuple, list[Placement]] = {}
+        self._recent: Placement | None = None
+        self._input_whats = [f"input '{v.name}'" for v in self.inputs]
+        self._param_whats = [f"parameter '{p.name}'" for p in self.params]
+        self._param_slots = [slot for _, slot, _, _ in self._param_kinds]
 
     def _plan_frees(self) -> list[tuple[int, ...]]:
         """The slots each step frees: those of the values it is the last to use, outputs
@@ -170,6 +178,63 @@ class Interpreter:
                 steps.append(step)
             self._prepared[key] = steps
         return steps
+
+    def _placed_steps(self, steps: list[Step], placement: Placement) -> list[Step]:
+        """``steps`` (of ``placement``'s binding) with the nodes it roots writing their
+        values where it says: made once per placement."""
+        if placement.steps is None:
+            ctx = KernelContext(placement.binding, self.check_finite, self._cache, self.memory)
+            placement.steps = [
+                replace(st, kernel=self._writer(st.node, ctx, placement.roots[st.node]))
+                if st.node in placement.roots
+                else st
+                for st in steps
+            ]
+        return placement.steps
+
+    def _writer(self, i: int, ctx: KernelContext, out: np.ndarray) -> Any:
+        """Node ``i``'s kernel writing its value into ``out``."""
+        kernel = self._kernels.get(i)
+        if kernel is None:  # (a kernel that depends on dim sizes)
+            node = self.graph.nodes[i]
+            op = get_op(node.op)
+            kernel = op.kernel(op.node_attrs(node), self._context(ctx, op, i))
+        return functools.partial(kernel, out=out)
+
+    def _writes_in_place(self, i: int) -> bool:
+        """Whether node ``i`` can write its value into an array a caller gives (``out=``):
+        a top-level node of one output whose op takes ``out=``, and that no concat or
+        parameter view plans otherwise."""
+        node = self.graph.nodes[i]
+        return (
+            not self.loop_body
+            and len(node.outputs) == 1
+            and not node.bodies
+            and get_op(node.op).writes_out
+            and i not in self._joined
+            and i not in self._param_joins
+            and i not in self._joins.values()
+        )
+
+    def _placement(self, into: Mapping[str, Any], binding: Mapping[str, int]) -> Placement:
+        """Where a run in ``binding`` writes the outputs ``into`` gives arrays for: planned
+        once per binding and set of arrays (a caller passes the same arrays run after run)."""
+        recent = self._recent  # (a caller passes the same arrays, run after run)
+        if recent is not None and recent.binding == binding and recent.matches(into):
+            return recent
+        key = tuple(sorted(binding.items()))
+        known = self._placements.setdefault(key, [])
+        for placement in known:
+            if placement.matches(into):
+                self._recent = placement
+                return placement
+        placement = plan(self.graph, binding, into, self.slot, self._writes_in_place)
+        if len(known) >= 4:  # (a bounded memory: callers keep one set, or a few)
+            gone = known.pop(0)
+            self._runs.pop(id(gone.steps), None)  # (its id may be another list's next)
+        known.append(placement)
+        self._recent = placement
+        return placement
 
     def _computed(
         self, kernel: Any, node: Node, known: dict[str, Any], binding: Mapping[str, int]
@@ -336,8 +401,16 @@ class Interpreter:
         self,
         feeds: Mapping[str, Any] | None = None,
         params: Mapping[str, np.ndarray] | None = None,
+        *,
+        into: Mapping[str, np.ndarray] | None = None,
     ) -> dict[str, np.ndarray]:
-        """Outputs by name, from feeds for the graph's inputs and a parameter store."""
+        """Outputs by name, from feeds for the graph's inputs and a parameter store.
+
+        ``into`` maps outputs to arrays of their type (writeable, C-contiguous, sharing no
+        memory with the feeds, the parameters or each other) that receive them: the run
+        returns these arrays, written by the nodes that make the values where it can (see
+        :mod:`rgraph.exec.placement`), else copied into.
+        """
         given = feeds or {}
         feeds = dict(given)
         params = params or {}
@@ -384,8 +457,19 @@ class Interpreter:
                     f" (inputs: {', '.join(v.name for v in self.graph.inputs)})"
                 )
             self._remember_binding(given, binding)
+        placement = None
+        steps = self._steps(binding)
+        if into:
+            placement = self._placement(into, binding)
+            placement.check_apart(
+                self._input_whats, [values[self.slot[v.name]] for v in self.inputs]
+            )
+            placement.check_params_apart(self._param_whats, values, self._param_slots)
+            steps = self._placed_steps(steps, placement)
         try:
-            self._execute(values, self._steps(binding))
+            self._execute(values, steps)
+            if placement is not None:
+                placement.finish(values)
         finally:
             if self.arenas is not None:
                 self.arenas.trim()

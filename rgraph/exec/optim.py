@@ -50,6 +50,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from rgraph.errors import OptimizerError, OptimizerStateError
+from rgraph.exec.memory import byte_bounds, owner
 
 __all__ = [
     "SGD",
@@ -63,6 +64,8 @@ __all__ = [
 ]
 
 _STATE_KEYS = ("kind", "hyper", "step", "slots")
+_SHAPE, _STRIDES, _DTYPE = (operator.attrgetter(a) for a in ("shape", "strides", "dtype"))
+_WRITEABLE = operator.attrgetter("flags.writeable")
 _F64 = np.dtype(np.float64)
 
 
@@ -215,35 +218,16 @@ def _describe(a: np.ndarray) -> str:
 
 # --- flat state ---------------------------------------------------------------------------
 
-try:
-    from numpy.lib.array_utils import byte_bounds as _byte_bounds
-except ImportError:  # pragma: no cover - NumPy 1.x
-    _byte_bounds = np.byte_bounds
-
 # NumPy 1.x computes a 0-d float32 array times a Python float in float64 (value-based
 # casting), a 1-d slice of a flat buffer in float32: 0-d parameters take the flat path only
 # with NumPy 2's weak Python scalars (NEP 50), where both are float32.
 _WEAK_SCALARS = np.lib.NumpyVersion(np.__version__) >= "2.0.0"
 
 
-def _owner(a: Any) -> Any:
-    """The object owning the memory of array ``a``: the end of its chain of ``.base`` (and
-    ``memoryview.obj``)."""
-    while True:
-        if isinstance(a, np.ndarray):
-            if a.base is None:
-                return a
-            a = a.base
-        elif isinstance(a, memoryview) and a.obj is not None:
-            a = a.obj
-        else:
-            return a
-
-
 def _spans(arrays: Iterable[np.ndarray]) -> tuple[list[int], list[int]] | None:
     """The byte ranges of ``arrays`` (empty ones left out), sorted: starts and ends; None if
     two of them overlap."""
-    spans = sorted(_byte_bounds(a) for a in arrays if a.nbytes)
+    spans = sorted(byte_bounds(a) for a in arrays if a.nbytes)
     los, his = [lo for lo, _ in spans], [hi for _, hi in spans]
     if any(lo < end for lo, end in zip(los[1:], his)):
         return None
@@ -254,7 +238,7 @@ def _hits(los: list[int], his: list[int], a: np.ndarray) -> bool:
     """Whether ``a``'s byte range meets one of the disjoint sorted ranges ``los, his``."""
     if not a.nbytes:
         return False
-    lo, hi = _byte_bounds(a)
+    lo, hi = byte_bounds(a)
     i = bisect.bisect_left(los, hi) - 1  # the last range starting below hi: the widest end
     return i >= 0 and his[i] > lo
 
@@ -287,16 +271,29 @@ class _Group:
     The state of all of them is one buffer per slot (``opt.slots`` holds views of it), and a
     step copies all their gradients into one flat vector ``g`` in the same order: once, for
     the norm and the update, which then read contiguous memory (a gradient is often a
-    transposed view, some ten times slower to go through). The small C-contiguous
-    parameters are copied into a flat vector ``w``, updated there with ``opt._update`` at
-    once, and copied back, byte for byte through memoryviews (a third of the cost of numpy
-    copies); the others are updated in place, one by one. The update rules are elementwise,
-    so on a piece of a concatenation they compute what they compute parameter by parameter,
-    bit for bit. They compute in scratch arrays kept from step to step, not in temporaries
-    (big fresh memory comes with page faults, which can cost more than the arithmetic on it).
+    transposed view, some ten times slower to go through); gradients a program wrote into
+    ``buffers`` (views of ``g``: :meth:`Optimizer.gradient_buffers`) are there already. The
+    small C-contiguous parameters are copied into a flat vector ``w``, updated there with
+    ``opt._update`` at once, and copied back, byte for byte through memoryviews (a third of
+    the cost of numpy copies); the others are updated in place, one by one. The update
+    rules are elementwise, so on a piece of a concatenation they compute what they compute
+    parameter by parameter, bit for bit. They compute in scratch arrays kept from step to
+    step, not in temporaries (big fresh memory comes with page faults, which can cost more
+    than the arithmetic on it).
     """
 
-    __slots__ = ("copies", "g", "index", "pieces", "state", "vectors", "views", "w", "wide")
+    __slots__ = (
+        "buffers",
+        "copies",
+        "g",
+        "index",
+        "pieces",
+        "state",
+        "vectors",
+        "views",
+        "w",
+        "wide",
+    )
 
     def __init__(
         self,
@@ -331,6 +328,7 @@ class _Group:
         self.state = state = {slot: np.zeros(total, dtype) for slot in olds}
         self.views: list[dict[str, np.ndarray]] = [{} for _ in ws]  # slot -> state array
         self.vectors = {}  # position -> its gradient's piece of wide (or of g)
+        self.buffers = {}  # position -> its gradient's piece of g, of its shape
         self.copies = []  # (piece of w, copied parameter), as bytes
         runs = [(self.w, 0, n)]  # (what holds w, its range of the flat vectors)
         heads = {chain[0]: chain for chain in chains}
@@ -344,6 +342,7 @@ class _Group:
                 if old is not None:
                     view[...] = old
             self.vectors[index[j]] = wide[start:stop]
+            self.buffers[index[j]] = self.g[start:stop].reshape(w.shape)
             if stop <= n:
                 self.copies.append((_bytes(self.w[start:stop]), _bytes(w)))
             elif j in heads:  # the chain's memory, as one vector
@@ -412,16 +411,19 @@ class _Layout:
     """
 
     __slots__ = (
+        "buffers",
+        "dtypes",
         "exact",
         "groups",
         "his",
-        "kinds",
         "los",
         "names",
         "owners",
         "params",
         "scratch",
+        "shapes",
         "slot_names",
+        "strides",
         "total",
         "vectors",
         "views",
@@ -463,13 +465,9 @@ class _Layout:
         if not self.exact:
             if id(g.base) in allocations:
                 return True
-            owner = _owner(g)
-            if (
-                isinstance(owner, np.ndarray)
-                and id(owner) not in self.owners
-                and owner.flags.owndata
-            ):
-                allocations.add(id(owner))
+            mine = owner(g)
+            if isinstance(mine, np.ndarray) and id(mine) not in self.owners and mine.flags.owndata:
+                allocations.add(id(mine))
                 return True  # its own allocation, not that of a parameter or the state
         return not _hits(self.los, self.his, g)
 
@@ -508,16 +506,20 @@ class _Layout:
         spans = _spans(ws + buffers)
         if spans is None:  # pragma: no cover - new buffers overlap nothing
             return None
-        owners = [_owner(w) for w in ws]
+        owners = [owner(w) for w in ws]
 
         layout = cls()
         layout.names = names
         layout.params = tuple(ws)
-        layout.kinds = tuple((w.shape, w.strides, w.dtype) for w in ws)
+        layout.shapes = tuple(w.shape for w in ws)
+        layout.strides = tuple(w.strides for w in ws)
+        layout.dtypes = tuple(w.dtype for w in ws)
         layout.slot_names = slot_names
         layout.groups = groups
         vectors = {i: vec for group in groups for i, vec in group.vectors.items()}
         layout.vectors = [vectors[i] for i in range(len(names))]  # in the step's order
+        buffers = {i: a for group in groups for i, a in group.buffers.items()}
+        layout.buffers = tuple(buffers[i] for i in range(len(names)))
         narrow = [v.size for v in layout.vectors if v.dtype is not _F64]
         layout.scratch = np.empty(max(narrow, default=0), _F64)
         layout.total = sum(w.size for w in ws)
@@ -541,13 +543,13 @@ def _adjacent(ws: Sequence[np.ndarray]) -> list[list[int]]:
     vector, in place, with no copy."""
     found = []
     for j, w in enumerate(ws):
-        owner = _owner(w)
-        if w.flags.c_contiguous and w.size and isinstance(owner, np.ndarray):
-            found.append((id(owner), _byte_bounds(w), j))
+        mine = owner(w)
+        if w.flags.c_contiguous and w.size and isinstance(mine, np.ndarray):
+            found.append((id(mine), byte_bounds(w), j))
     found.sort()
     chains, chain = [], []
-    for k, (owner, (lo, _), j) in enumerate(found):
-        if chain and (owner != found[k - 1][0] or lo != found[k - 1][1][1]):
+    for k, (held_by, (lo, _), j) in enumerate(found):
+        if chain and (held_by != found[k - 1][0] or lo != found[k - 1][1][1]):
             chains.append(chain)
             chain = []
         chain.append(j)
@@ -555,9 +557,9 @@ def _adjacent(ws: Sequence[np.ndarray]) -> list[list[int]]:
     return [c for c in chains if len(c) > 1]
 
 
-def _within(a: np.ndarray, owner: np.ndarray) -> bool:
-    lo, hi = _byte_bounds(a)
-    olo, ohi = _byte_bounds(owner)
+def _within(a: np.ndarray, held_by: np.ndarray) -> bool:
+    lo, hi = byte_bounds(a)
+    olo, ohi = byte_bounds(held_by)
     return not a.nbytes or olo <= lo <= hi <= ohi
 
 
@@ -777,22 +779,19 @@ class Optimizer:
         OptimizerStateError
             Existing state of a parameter does not match its shape or dtype.
         """
-        if self._unmeasured is not None:  # before this step overwrites their gradients
-            stats = self._unmeasured()
-            if stats is not None:
-                stats.grad_norm  # noqa: B018 - computes them
-                stats.ratio_clipped  # noqa: B018
-            self._unmeasured = None
+        self._settle()  # before this step overwrites the last one's gradients
         layout = self._layout
-        gs = None if layout is None else self._fast_check(layout, params, grads)
-        if gs is None:
+        checked = None if layout is None else self._fast_check(layout, params, grads)
+        if checked is None:
             work = self._check(params, grads)
             layout = self._relayout(params, grads, work)
             if layout is None:
                 return self._step_each(work)
-            gs = [g for _, _, g in work]
-        for group in layout.groups:
-            group.gather(gs)
+            checked = [g for _, _, g in work], False
+        gs, in_place = checked
+        if not in_place:  # (else they are where the update reads them)
+            for group in layout.groups:
+                group.gather(gs)
         norm = None if self.clip_norm is None else layout.norm()
         scale = _norm_scale(norm, self.clip_norm)
         self.step_count += 1
@@ -807,6 +806,40 @@ class Optimizer:
         if norm is None or limit is not None:
             self._unmeasured = weakref.ref(stats)
         return stats
+
+    def gradient_buffers(self) -> dict[str, np.ndarray] | None:
+        """Arrays the next step's gradients can be written into, which it then reads
+        where they are (no copy, no checks of them): give them to
+        :meth:`~rgraph.Program.run` as ``grads_into``, and the result's gradients to
+        :meth:`step`. None until a step has laid out the parameters' state (see
+        :class:`_Layout`: the first step, and one whose parameters or gradients change).
+
+        Call it before each run that writes into them: it first measures what the last
+        step's :class:`StepStats` still need of that step's gradients. The arrays are the
+        optimiser's, and a step may scale them in place (``clip_norm``).
+
+        >>> import numpy as np, rgraph as rg
+        >>> opt, params = rg.SGD(lr=0.5), {"w": np.zeros(2)}
+        >>> opt.gradient_buffers() is None
+        True
+        >>> _ = opt.step(params, {"w": np.ones(2)})
+        >>> into = opt.gradient_buffers(); into["w"][...] = [2.0, 4.0]
+        >>> _ = opt.step(params, into); params["w"].tolist()
+        [-1.5, -2.5]
+        """
+        self._settle()
+        layout = self._layout
+        return None if layout is None else dict(zip(layout.names, layout.buffers))
+
+    def _settle(self) -> None:
+        """Measure the figures of the last step's stats, if someone holds them still,
+        before its gradients are overwritten."""
+        if self._unmeasured is not None:
+            stats = self._unmeasured()
+            if stats is not None:
+                stats.grad_norm  # noqa: B018 - computes them
+                stats.ratio_clipped  # noqa: B018
+            self._unmeasured = None
 
     def _step_each(self, work: list[tuple[str, np.ndarray, np.ndarray]]) -> StepStats:
         """The step one parameter after the other, for what the flat path does not take."""
@@ -827,9 +860,11 @@ class Optimizer:
 
     def _fast_check(
         self, layout: _Layout, params: Mapping[str, np.ndarray], grads: Mapping[str, Any]
-    ) -> list[np.ndarray] | None:
+    ) -> tuple[Sequence[np.ndarray], bool] | None:
         """The gradients (cast to their parameters' dtypes) if ``params``, ``grads`` and the
         state are laid out as ``layout`` and pass every check of :meth:`_check`; else None.
+        With them, whether they are the layout's own buffers (:meth:`gradient_buffers`),
+        where the update reads them.
 
         None also when a gradient may share memory with what the step writes (a parameter
         or the state): the flat update reads all gradients before writing anything, the
@@ -852,17 +887,20 @@ class Optimizer:
                 table is None or not all(map(operator.is_, map(table.get, names), views))
             ):
                 return None
+        ws = layout.params  # (an array's shape, strides and flags can change in place)
+        if (
+            tuple(map(_SHAPE, ws)) != layout.shapes
+            or tuple(map(_STRIDES, ws)) != layout.strides
+            or tuple(map(_DTYPE, ws)) != layout.dtypes
+            or not all(map(_WRITEABLE, ws))
+        ):
+            return None
+        if all(map(operator.is_, grads.values(), layout.buffers)):
+            return layout.buffers, True
         gs = []
         owners, exact = layout.owners, layout.exact
         allocations: set[int] = set()  # (of owners that gs keeps alive: ids stay unique)
-        for w, grad, (shape, strides, dtype) in zip(layout.params, grads.values(), layout.kinds):
-            if (
-                w.shape != shape
-                or w.strides != strides
-                or (w.dtype is not dtype and w.dtype != dtype)
-                or not w.flags.writeable
-            ):
-                return None
+        for grad, shape, dtype in zip(grads.values(), layout.shapes, layout.dtypes):
             g = grad if type(grad) is np.ndarray else np.asarray(grad)
             if g.shape != shape:
                 return None
@@ -873,7 +911,7 @@ class Optimizer:
             ) and not layout.apart(g, allocations):
                 return None
             gs.append(g)
-        return gs
+        return gs, False
 
     def _relayout(
         self,

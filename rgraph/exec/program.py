@@ -70,6 +70,8 @@ class Program:
         self.outputs = tuple(outputs)
         self.wrt = tuple(wrt)
         self._grad_names = [(w, grad_name(w)) for w in self.wrt]
+        self._grad_name = dict(self._grad_names)
+        self._last_grads_into: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
         self.cotangents = tuple(cotangents)
         self.interpreter = Interpreter(self.ir, check_finite=check_finite)
         # compile(specialize=...): the program for feeds filled with these values, made
@@ -93,6 +95,22 @@ class Program:
             if type(arr) is not np.ndarray or arr.dtype.kind != "f" or not (arr == value).all():
                 return self
         return self.specialized or self
+
+    def _outputs_of(self, params: tuple[str, ...]) -> tuple[str, ...]:
+        """The names of the gradients of ``params`` (a caller passes the same, run after
+        run: the answer for the last is kept)."""
+        last, names = self._last_grads_into
+        if params == last:
+            return names
+        unknown = [w for w in params if w not in self._grad_name]
+        if unknown:
+            raise FeedError(
+                f"grads_into names {sorted(unknown)}, which are not parameters this"
+                f" program differentiates (wrt: {', '.join(self.wrt) or 'none'})"
+            )
+        names = tuple(self._grad_name[w] for w in params)
+        self._last_grads_into = (params, names)
+        return names
 
     def __str__(self) -> str:
         return str(self.ir)
@@ -120,11 +138,19 @@ class Program:
         feeds: Mapping[str, Any] | None = None,
         params: Mapping[str, np.ndarray] | None = None,
         cotangents: Mapping[str, Any] | None = None,
+        *,
+        grads_into: Mapping[str, np.ndarray] | None = None,
     ) -> Result:
         """Run forward (and backward, if compiled with gradients).
 
         ``cotangents`` gives, for each output compiled as a cotangent output, the
         gradient flowing into it (RecurrentJS's ``h.dw``).
+
+        ``grads_into`` gives arrays for some gradients, by parameter name (an optimiser's
+        :meth:`~rgraph.exec.optim.Optimizer.gradient_buffers`): the result's gradients
+        are these arrays, written in place by the nodes that make them where they can.
+        Each must be a writeable C-contiguous array of its gradient's type, sharing no
+        memory with the feeds, the parameters or the others.
         """
         feeds = dict(feeds or {})
         given = dict(cotangents or {})
@@ -134,7 +160,10 @@ class Program:
             feeds[cotangent_name(name)] = given.pop(name)
         if given:
             raise FeedError(f"{sorted(given)} are not outputs compiled with cotangents")
-        values = self._for(feeds).interpreter.run(feeds, params)
+        into = None
+        if grads_into:
+            into = dict(zip(self._outputs_of(tuple(grads_into)), grads_into.values()))
+        values = self._for(feeds).interpreter.run(feeds, params, into=into)
         return Result(
             outputs={n: values[n] for n in self.outputs},
             grads={w: values[name] for w, name in self._grad_names},
