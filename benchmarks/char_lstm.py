@@ -32,9 +32,10 @@ the same batches, so rgraph and the hand-written version follow the same losses)
   when ``import torch`` works, with torch's default threads.
 
 Each implementation runs in its own process (so torch's threads or allocator do not touch
-the numpy ones). A process builds the model, runs one forward and backward on a batch of
-every sequence length the measurement will see (parameters untouched: shape caches warm
-up), then ``--warmup`` training steps; then the parent asks the processes in turn, in a
+the numpy ones). A process builds the model, runs ``--warmup`` training steps, then one
+forward and backward on a batch of every sequence length the measurement will see
+(parameters untouched: shape caches warm up, rgraph's with the optimiser's gradient
+buffers its steps write into); then the parent asks the processes in turn, in a
 rotating order, for repetitions of ``--steps`` training steps on the next batches, and
 reports medians; and the median of rgraph's rate over each reference's, round by round
 (the machine's slower and faster spells then touch both sides of a ratio). Peak memory
@@ -143,18 +144,19 @@ class Task:
 
 
 class RgraphTrainer:
-    """rgraph's training step: the compiled program and rg.RMSProp, in place on a store."""
+    """rgraph's training step: ``rg.Trainer`` (the compiled program, specialised to masks of
+    ones, and rg.RMSProp, in place on a packed store; the program writes the gradients
+    where the optimiser reads them)."""
 
     def __init__(self, task: Task):
-        self.program = rg.compile(
-            task.graph, ["loss", "nll", "count"], loss="loss", specialize={"mask": 1.0}
-        )
-        self.params = self.program.pack(task.params)
-        self.optimizer = rg.RMSProp(lr=LR, regc=REGC, clipval=CLIP)
+        optimizer = rg.RMSProp(lr=LR, regc=REGC, clipval=CLIP)
+        self.trainer = rg.Trainer(task.graph, optimizer, params=dict(task.params))
+        self.program, self.params = self.trainer.program, self.trainer.params
 
     def forward_backward(self, tokens, targets, mask):
         feeds = {"tokens": tokens, "targets": targets, "mask": mask}
-        r = self.program.run(feeds, self.params)
+        into = self.trainer.optimizer.gradient_buffers()  # (as a step runs, once there is one)
+        r = self.program.run(feeds, self.params, grads_into=into)
         self.last = r
         return float(r.outputs["loss"]), float(r.outputs["nll"]), float(r.outputs["count"])
 
@@ -162,9 +164,7 @@ class RgraphTrainer:
         return self.last.grads
 
     def step(self, feeds) -> float:
-        r = self.program.run(feeds, self.params)
-        self.optimizer.step(self.params, r.grads)
-        return float(r.outputs["loss"])
+        return self.trainer.step(feeds).loss
 
 
 def make(impl: str, task: Task, **options):
@@ -222,24 +222,24 @@ def worker(impl: str, cfg: Config, dtype: str, steps: int, reps: int, warmup: in
     t0 = time.perf_counter()
     model = make(impl, task)
     t1 = time.perf_counter()
-    # One forward and backward per sequence length to come (parameters untouched).
+    loss = float("nan")
+    for b in batches[:warmup]:
+        loss = model.step(b)
+    t2 = time.perf_counter()
+    # Then one forward and backward per sequence length to come (parameters untouched).
     seen: set[tuple[int, ...]] = set()
     for b in batches:
         if b["tokens"].shape not in seen:
             seen.add(b["tokens"].shape)
             model.forward_backward(b["tokens"], b["targets"], b["mask"])
-    t2 = time.perf_counter()
-    loss = float("nan")
-    for b in batches[:warmup]:
-        loss = model.step(b)
     t3 = time.perf_counter()
     _send(
         {
             "ready": True,
             "build_s": t1 - t0,
             "shapes": len(seen),
-            "shape_warmup_s": t2 - t1,
-            "warmup_s": t3 - t2,
+            "warmup_s": t2 - t1,
+            "shape_warmup_s": t3 - t2,
         }
     )
     for line in sys.stdin:
