@@ -484,7 +484,9 @@ def train(
         on_step(session, cps, perplexity(window_nll, window_count))
         last = done()
         if session.step % report_every == 0 or last:
-            report = _report(session, sampler, window_nll, window_count, cps, samples, temperature)
+            report = _report(
+                session, trainer, sampler, window_nll, window_count, cps, samples, temperature
+            )
             session.history.append(
                 {
                     "step": report.step,
@@ -519,24 +521,22 @@ def _ctrl_c_after_the_step() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
-def evaluate(session: Session, sentences: Sequence[str]) -> float | None:
-    """Perplexity of the model on ``sentences`` (None when there are none)."""
+def evaluate(trainer: Trainer, model: CharModel, sentences: Sequence[str]) -> float | None:
+    """Perplexity of ``model`` (whose parameters ``trainer`` trains) on ``sentences`` (None
+    when there are none), with the trainer's evaluation program: compiled once."""
     if not sentences:
         return None
-    model = session.model
-    graph = build_graph(model.config, model.vocab)
-    trainer = Trainer(graph, session.optimizer, params=model.params)
     return perplexity(*trainer.evaluate(batches(sentences, model.vocab, 64, model.config.dtype)))
 
 
-def _report(session, sampler, nll, count, cps, samples, temperature) -> Report:
+def _report(session, trainer, sampler, nll, count, cps, samples, temperature) -> Report:
     rng = np.random.default_rng([session.model.config.seed, 2, session.step])
     return Report(
         step=session.step,
         epoch=session.step * session.model.config.batch_size / len(session.train),
         seconds=session.seconds,
         train_perplexity=perplexity(nll, count) if count else float("nan"),
-        valid_perplexity=evaluate(session, session.valid),
+        valid_perplexity=evaluate(trainer, session.model, session.valid),
         chars_per_second=cps,
         argmax=sampler.generate(1, argmax=True)[0],
         samples=sampler.generate(samples, temperature=temperature, rng=rng) if samples else [],

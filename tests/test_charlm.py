@@ -297,6 +297,28 @@ def test_training_measures_no_step_it_does_not_report(monkeypatch):
     assert session.step == 5 and measured == []
 
 
+def test_reports_evaluate_with_the_trainers_own_programs(monkeypatch):
+    # A report measures the validation perplexity without compiling anything or packing
+    # the store again: the arrays trained stay the same objects, report after report.
+    session = charlm.start(small(), SENTENCES)
+    compiles = []
+    compile_ = rg.train.compile
+    monkeypatch.setattr(
+        rg.train, "compile", lambda *a, **k: compiles.append(1) or compile_(*a, **k)
+    )
+    arrays = {}
+    reports = []
+
+    def seen(report):
+        reports.append(report.valid_perplexity)
+        arrays[report.step] = dict(session.model.params)
+
+    charlm.train(session, steps=9, report_every=3, samples=0, on_report=seen)
+    assert len(reports) == 3 and all(r is not None and r > 1.0 for r in reports)
+    assert len(compiles) == 2  # the trainer's step and evaluation programs, once
+    assert all(arrays[6][k] is arrays[3][k] and arrays[9][k] is arrays[3][k] for k in arrays[3])
+
+
 def test_float32_training_stays_float32(tmp_path):
     session = charlm.start(small(dtype="float32"), SENTENCES)
     reports: list[charlm.Report] = []
