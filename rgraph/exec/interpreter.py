@@ -93,7 +93,7 @@ class Interpreter:
         self._cache: dict = {}
         self._flat: FlatSchedule | None = None
         self._loop: LoopSchedule | None = None
-        self._runs: dict[int, Any] = {}
+        self._runs: dict[int, tuple[list[Step], Any]] = {}  # id of steps -> (steps, bound)
         # Where runs given arrays for outputs write them (see run's ``into``), by binding.
         self._placements: dict[tuple, list[Placement]] = {}
         self._recent: Placement | None = None
@@ -231,7 +231,7 @@ class Interpreter:
         placement = plan(self.graph, binding, into, self.slot, self._writes_in_place)
         if len(known) >= 4:  # (a bounded memory: callers keep one set, or a few)
             gone = known.pop(0)
-            self._runs.pop(id(gone.steps), None)  # (its id may be another list's next)
+            self._runs.pop(id(gone.steps), None)  # (its bound schedule goes with it)
         known.append(placement)
         self._recent = placement
         return placement
@@ -555,9 +555,7 @@ class Interpreter:
             into = _out_plan(self.graph, nc)
             self._loop = LoopSchedule(steps, in_slots, out_slots, nc, nx, into)
         sched = self._loop
-        run = self._runs.get(id(steps))
-        if run is None:
-            run = self._runs[id(steps)] = sched.bind([st.kernel for st in steps])
+        run = self._bound(sched, steps)
         size, consts, nodes = len(self.slot), self.consts, self.graph.nodes
         carry_slots, inv_slots = in_slots[:nc], in_slots[nc + nx :]
         makers = [
@@ -656,10 +654,15 @@ class Interpreter:
             return None
         if self._flat is None:  # the code depends only on the graph, not on the binding
             self._flat = FlatSchedule(steps)
-        run = self._runs.get(id(steps))
-        if run is None:
-            run = self._runs[id(steps)] = self._flat.bind([st.kernel for st in steps])
-        return run
+        return self._bound(self._flat, steps)
+
+    def _bound(self, schedule: FlatSchedule, steps: list[Step]) -> Any:
+        """``schedule`` bound to the kernels of ``steps``, once per steps list: kept with
+        the list it was bound for (an id alone may be that of a list since freed)."""
+        held = self._runs.get(id(steps))
+        if held is None or held[0] is not steps:
+            held = self._runs[id(steps)] = (steps, schedule.bind([st.kernel for st in steps]))
+        return held[1]
 
     def _run_steps(self, values: list[Any], steps: list[Step], nodes: tuple[Node, ...]) -> None:
         for step in steps:
