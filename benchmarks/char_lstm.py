@@ -604,10 +604,10 @@ def profile(cfg: Config, dtype: str, steps: int, top: int) -> None:
     task = Task(cfg, dtype)
     batches = task.batches(cfg.warmup + steps)
     model = RgraphTrainer(task)
+    for b in batches[: cfg.warmup]:  # as a worker: steps first, then the shapes
+        model.step(b)
     for b in batches:
         model.forward_backward(b["tokens"], b["targets"], b["mask"])
-    for b in batches[: cfg.warmup]:
-        model.step(b)
     prof = cProfile.Profile()
     chars = sum(float(b["mask"].sum()) for b in batches[cfg.warmup :])
     t0 = time.perf_counter()
