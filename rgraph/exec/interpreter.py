@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import operator
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -553,7 +553,9 @@ class Interpreter:
             return self._stepwise_loop(binding, nc, nx)
         if self._loop is None:  # the code depends only on the graph, not on the binding
             into = _out_plan(self.graph, nc)
-            self._loop = LoopSchedule(steps, in_slots, out_slots, nc, nx, into)
+            types = self.graph.types()
+            scalar = [j for j, name in enumerate(self.graph.outputs[nc:]) if not types[name].rank]
+            self._loop = LoopSchedule(steps, in_slots, out_slots, nc, nx, into, scalar)
         sched = self._loop
         run = self._bound(sched, steps)
         size, consts, nodes = len(self.slot), self.consts, self.graph.nodes
@@ -860,10 +862,22 @@ def _unpack(names: list[str], source: str, indent: str = "    ") -> list[str]:
     return [f"{indent}{''.join(f'{n}, ' for n in names)}= {source}"] if names else []
 
 
-def _compile(lines: list[str], steps: list[Step]) -> Any:
-    namespace: dict[str, Any] = {}
+def _compile(lines: list[str], names: Mapping[str, Any] | None = None) -> Any:
+    namespace: dict[str, Any] = dict(names or {})
     exec(compile("\n".join(lines), "<rgraph schedule>", "exec"), namespace)
     return namespace["make"]
+
+
+def _rows(stacked: np.ndarray, order: Any) -> Any:
+    """The rows ``stacked[t]`` for ``t`` in ``order``, in order: the array itself when the
+    steps go forward over all of it, reversed when backward (iterating gives the views
+    faster than indexing), else a list of them (a map's blocks)."""
+    if type(order) is range and len(order) == len(stacked):
+        if order.step == 1:
+            return stacked
+        if order.step == -1:
+            return stacked[::-1]
+    return [stacked[t] for t in order]
 
 
 class FlatSchedule:
@@ -899,7 +913,7 @@ class FlatSchedule:
             lines.append("    pass")
         lines.append("  return run")
         self.source = "\n".join(lines)  # for reading what runs
-        self.make = _compile(lines, steps)
+        self.make = _compile(lines)
         self.code = self.bind([None] * len(steps)).__code__
 
     def bind(self, kernels: list[Any]) -> Any:
@@ -925,12 +939,15 @@ class LoopSchedule(FlatSchedule):
     """A loop body's schedule compiled together with the loop that runs it.
 
     ``run(values, xs, ys, order, buffers)`` takes the carries and invariant inputs in
-    their slots of ``values``, the stacked ``xs`` (sliced at each step ``t`` of ``order``)
+    their slots of ``values``, the stacked ``xs`` (read at each step ``t`` of ``order``)
     and preallocated ``ys`` (written at ``t``), and leaves the final carries in their
-    slots. The loop, the slicing and the carry hand-over are plain Python in one
-    function: a step costs its nodes' calls and nothing per step besides. Nodes in
-    ``into`` write their value with ``out=``: into ``ys[j][t]`` when it is output ``j``
-    (no copy), else into their own entry of ``buffers``, reused at every step.
+    slots. The loop, the per-step rows and the carry hand-over are plain Python in one
+    function: a step costs its nodes' calls and nothing per step besides. The rows come
+    from iterating the stacked arrays (:func:`_rows`), which makes each row's view for
+    half what indexing does. Nodes in ``into`` write their value with ``out=``: into
+    row ``t`` of ``ys[j]`` when it is output ``j`` (no copy), else into their own entry of
+    ``buffers``, reused at every step. ``ys`` in ``scalar`` (one number per step) are
+    written by index, their rows not being arrays.
     """
 
     def __init__(
@@ -941,16 +958,22 @@ class LoopSchedule(FlatSchedule):
         nc: int,
         nx: int,
         into: Mapping[int, int | None],
+        scalar: Sequence[int] = (),
     ):
         self.steps = steps
         self.buffered = [i for i in sorted(into) if into[i] is None]
-        targets = {i: f"b{i}" if j is None else f"y{j}[t]" for i, j in into.items()}
+        targets = {i: f"b{i}" if j is None else f"y{j}" for i, j in into.items()}
         direct = {j for j in into.values() if j is not None}
         carries, xs = inputs[:nc], inputs[nc : nc + nx]
         produced = {o for st in steps for o in st.outputs}
         read = {i for st in steps for i in st.inputs} | set(outputs)
         outside = sorted(read - produced - set(xs) - set(carries))  # invariants and consts
         ys = outputs[nc:]
+        rows = [j for j in range(len(ys)) if j not in scalar]
+        each = ["t", *(f"v{i}" for i in xs), *(f"y{j}" for j in rows)]
+        stacked = ", ".join(
+            f"rows({a}, order)" for a in [*(f"x{i}" for i in xs), *(f"Y{j}" for j in rows)]
+        )
         lines = [
             "def make(kernels):",
             *_unpack([f"k{i}" for i in range(len(steps))], "kernels", "  "),
@@ -958,13 +981,18 @@ class LoopSchedule(FlatSchedule):
             *(f"    v{i} = values[{i}]" for i in [*carries, *outside]),
             *_unpack([f"b{i}" for i in self.buffered], "buffers"),
             *_unpack([f"x{i}" for i in xs], "xs"),
-            *_unpack([f"y{j}" for j in range(len(ys))], "ys"),
-            "    for t in order:",
-            *(f"      v{i} = x{i}[t]" for i in xs),
+            *_unpack([f"Y{j}" for j in range(len(ys))], "ys"),
+            f"    for {', '.join(each)} in zip(order, {stacked}):"
+            if stacked
+            else "    for t in order:",
         ]
         self.first_line = len(lines) + 1
         lines += _call_lines(steps, "      ", free=False, into=targets)
-        lines += [f"      y{j}[t] = v{slot}" for j, slot in enumerate(ys) if j not in direct]
+        lines += [
+            f"      y{j}[...] = v{slot}" if j in rows else f"      Y{j}[t] = v{slot}"
+            for j, slot in enumerate(ys)
+            if j not in direct
+        ]
         if nc:
             new = ", ".join(f"v{slot}" for slot in outputs[:nc])
             lines.append(f"      {', '.join(f'v{i}' for i in carries)}, = {new},")
@@ -972,5 +1000,5 @@ class LoopSchedule(FlatSchedule):
         lines += [f"    values[{i}] = v{i}" for i in carries]
         lines.append("  return run")
         self.source = "\n".join(lines)  # for reading what runs
-        self.make = _compile(lines, steps)
+        self.make = _compile(lines, {"rows": _rows})
         self.code = self.bind([None] * len(steps)).__code__
