@@ -6,6 +6,8 @@ where the rewrite must not happen."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -200,3 +202,49 @@ def test_the_kernel_specialised_to_a_known_size_gives_the_same_bits(dtype, batch
         wide = np.full((batch, sum(sizes) + 3), np.nan, dtype)
         got = special(x.copy(), out=wide[:, 1:-2])  # a strided out, as a concat's piece
         assert got.base is wide and np.array_equal(wide[:, 1:-2], want)
+
+
+@pytest.mark.parametrize("dtype, H, B", [("float64", 192, 2), ("float32", 683, 1)])
+def test_saturated_gates_overflow_quietly_in_a_loop(dtype, H, B):
+    # Pre-activations of +-1000: exp(-z) overflows to inf in the exp form, and
+    # 1 / (1 + inf) is the 0 wanted. The loop runs with numpy's overflow warnings off
+    # (its kernel does not clamp), so no warning reaches the caller, and afterwards
+    # numpy's settings are the caller's again.
+    g = gated_loop(H=H, dtype=dtype, variant="split")
+    fast = rg.compile(g, ["hs"])
+    feeds = feeds_for(H=H, T=3, B=B, dtype=dtype)
+    feeds["xs"] = np.where(feeds["xs"] > 0, 1000.0, -1000.0).astype(dtype)
+    params = {"W": np.zeros((H, 3 * H), dtype)}
+    with np.errstate(over="ignore"):
+        want = numpy_loop(feeds, params)
+    before = np.geterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = fast.run(feeds, params).outputs["hs"]
+    assert np.geterr() == before
+    np.testing.assert_array_equal(got, want.astype(dtype))  # saturated gates: exact 0, 1
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_a_kernel_told_overflow_is_quiet_skips_the_clamp_and_is_exact_where_it_saturates(dtype):
+    # The exp form holds -z (sigmoid blocks) and -2 z (tanh blocks). The clamping kernel
+    # keeps exp finite (a result within 1e-304, or 1e-35 in float32, of 0); the quiet one
+    # lets it overflow, as the loop's switch allows, and gives 1 / (1 + exp(x)) exactly.
+    op = get_op("gate_activation")
+    attrs = op.Attrs(sizes=[6, 2], sigmoid=[True, False], form="exp")
+    x = np.array([[1e4, 800.0, 90.0, -1.0, 0.0, -3.0, 1e4, -40.0]], dtype)
+    clamping = op.kernel(attrs, KernelContext({}))
+    quiet = op.kernel(attrs, KernelContext({}, quiet_overflow=True))
+    with np.errstate(over="ignore"):
+        exact = 1.0 / (1.0 + np.exp(x))
+    exact[:, 6:] = 2.0 * exact[:, 6:] - 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        clamped = clamping(x.copy())
+        with pytest.raises(RuntimeWarning, match="overflow"):
+            quiet(x.copy())  # it relies on the loop's switch
+    off = {"float64": 1e-303, "float32": 1e-34}[dtype]  # 1 / exp(cap): 700, 80
+    np.testing.assert_allclose(clamped, exact, rtol=0, atol=off)
+    assert clamped[0, 0] > 0  # (it does clamp)
+    with np.errstate(over="ignore"):
+        np.testing.assert_array_equal(quiet(x.copy()), exact)

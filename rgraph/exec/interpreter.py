@@ -58,6 +58,9 @@ class Interpreter:
         # planned by its loop: see _out_plan); ``memory`` gives it: the arenas of the
         # outermost interpreter, which trims them after each run.
         self.loop_body = loop_body
+        # A loop whose body may overflow harmlessly runs with numpy's overflow warnings
+        # off (see Op.overflows).
+        self.quiet_overflow = loop_body and any(get_op(n.op).overflows for n in graph.nodes)
         self.arenas = None if memory is not None else ThreadArenas()
         self.memory = memory or self.arenas
         self._types = names = graph.types()
@@ -133,7 +136,13 @@ class Interpreter:
         key = tuple(sorted(binding.items()))
         steps = self._prepared.get(key)
         if steps is None:
-            ctx = KernelContext(dict(binding), self.check_finite, self._cache, self.memory)
+            ctx = KernelContext(
+                dict(binding),
+                self.check_finite,
+                self._cache,
+                self.memory,
+                quiet_overflow=self.quiet_overflow,
+            )
             steps = []
             # Values that depend on nothing but dim sizes, computed now (see _computed);
             # not in loop bodies (their values are planned by the loop) nor in debug mode
@@ -558,6 +567,8 @@ class Interpreter:
             self._loop = LoopSchedule(steps, in_slots, out_slots, nc, nx, into, scalar)
         sched = self._loop
         run = self._bound(sched, steps)
+        if self.quiet_overflow:
+            run = _quietly(run)
         size, consts, nodes = len(self.slot), self.consts, self.graph.nodes
         carry_slots, inv_slots = in_slots[:nc], in_slots[nc + nx :]
         makers = [
@@ -612,7 +623,7 @@ class Interpreter:
                     buf[t] = y
             return carry
 
-        return loop
+        return _quietly(loop) if self.quiet_overflow else loop
 
     def _check_finite(self, node: Node, step: Step, values: list[Any]) -> None:
         for var, slot in zip(node.outputs, step.outputs):
@@ -866,6 +877,16 @@ def _compile(lines: list[str], names: Mapping[str, Any] | None = None) -> Any:
     namespace: dict[str, Any] = dict(names or {})
     exec(compile("\n".join(lines), "<rgraph schedule>", "exec"), namespace)
     return namespace["make"]
+
+
+def _quietly(run: Any) -> Any:
+    """``run`` with numpy's overflow warnings off while it runs (see ``Op.overflows``)."""
+
+    def quiet(*args: Any) -> Any:
+        with np.errstate(over="ignore"):
+            return run(*args)
+
+    return quiet
 
 
 def _rows(stacked: np.ndarray, order: Any) -> Any:

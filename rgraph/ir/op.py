@@ -56,6 +56,9 @@ class KernelContext:
     # the interpreter gives the kernel is C-contiguous (``()``, False: no promise).
     inputs: tuple[TensorType, ...] = ()
     contiguous_out: bool = False
+    # Whether the kernel runs with numpy's overflow warnings off (in a loop whose body has
+    # an op that sets ``overflows``): it need not keep its values from overflowing.
+    quiet_overflow: bool = False
 
 
 class Attrs(BaseModel):
@@ -99,6 +102,11 @@ class Op:
     # ``full_like``'s): the interpreter computes a value that depends on nothing but
     # dim sizes once per binding (see :class:`~rgraph.exec.interpreter.Interpreter`).
     reads_values: ClassVar[bool] = True
+    # Whether a value may overflow to infinity and still give the right result (``exp``
+    # in ``1 / (1 + exp(-z))``): a loop whose body has such an op runs with numpy's
+    # overflow warnings off, one switch per loop, so that the kernel (told by
+    # ``ctx.quiet_overflow``) need not clamp its input at every step to keep quiet.
+    overflows: ClassVar[bool] = False
 
     def infer(self, ins: Sequence[TensorType], a: Any) -> list[TensorType]:
         """Output types from input types; raise ShapeError or DTypeError."""

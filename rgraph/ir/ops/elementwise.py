@@ -261,6 +261,7 @@ class GateActivation(Op):
     name = "gate_activation"
     Attrs = GateAttrs
     writes_out = True
+    overflows = True  # exp(-z) for a very negative z: 1 / (1 + inf) is the 0 wanted
     flops_per_element = 3
     specializes = True  # (and the tanh form's choice of calls depends on the size)
     uses_dims = True
@@ -280,7 +281,7 @@ class GateActivation(Op):
 
     def kernel(self, a, ctx):
         gates, cells = _runs(a, True), _runs(a, False)
-        tanh_form = a.form == "tanh"
+        tanh_form, quiet = a.form == "tanh", ctx.quiet_overflow
         constants: dict[np.dtype, tuple[np.ndarray, ...]] = {}
 
         def activate(x, out=None):
@@ -302,8 +303,9 @@ class GateActivation(Op):
                 return out
             if tanh_form:
                 x = np.multiply(x, minus_two, out)  # the exp form's input
-            np.minimum(x, cap, out=out)  # exp(700) is finite; the result is 0 either way
-            np.exp(out, out)
+            if not quiet:  # exp(700) is finite: a result within 1e-304 of 0
+                x = np.minimum(x, cap, out=out)
+            np.exp(x, out)
             np.add(out, one, out)
             np.reciprocal(out, out)  # sigmoid(z) everywhere, sigmoid(2 z) on tanh blocks
             for r in cells:
