@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import rgraph as rg
-from rgraph.errors import GraphError, ShapeError, UndefinedValueError
+from rgraph.errors import ExecutionError, GraphError, ShapeError, UndefinedValueError
 from rgraph.ir.graph import GraphIR
 from rgraph.ir.verify import problems, verify
 
@@ -96,6 +96,79 @@ def test_reverse_iterates_from_the_last_step_and_keeps_ys_in_time_order():
     close(out["ys"], ys)
     forward_h, _ = rnn_numpy(params, feeds["xs"], feeds["h0"], feeds["v"])
     assert not np.allclose(out["hT"], forward_h)  # the direction matters for this data
+
+
+# --- steps that cut a row into views -------------------------------------------------------
+
+
+def build_cut_rows(reverse: bool = False):
+    """A body that splits the row it reads (x_t = [a, b]) and the row it writes (z = h @ U,
+    a y, cut into [p, q]), then plucks rows of a table by index k_t:
+    h' = tanh(a * p + b * q + table[k_t]); ys: z and h'."""
+    g = rg.Graph("cut")
+    xs = g.input("xs", ("T", "B", 4))
+    ks = g.input("ks", ("T", "B"), dtype="int64")
+    h0 = g.input("h0", ("B", 2))
+    U = g.param("U", (2, 4), init="uniform", low=-1.0, high=1.0)
+    table = g.param("table", (3, 2), init="uniform", low=-1.0, high=1.0)
+
+    def step(body, carry, x):
+        a, b = body.split(x[0], axis=1, sizes=[2, 2])
+        z = carry[0] @ U
+        p, q = body.split(z, axis=-1, sizes=[2, 2])
+        h = body.tanh(a * p + b * q + body.row_pluck(table, x[1]))
+        return [h], [z, h]
+
+    (hT,), (zs, hs) = g.scan(step, init=[h0], xs=[xs, ks], reverse=reverse)
+    for v, name in ((hT, "hT"), (zs, "zs"), (hs, "hs")):
+        g.output(v, name=name)
+    return g
+
+
+def cut_rows_numpy(p, xs, ks, h0, reverse=False):
+    h, zs, hs = h0.copy(), np.zeros((*xs.shape[:2], 4)), np.zeros((*xs.shape[:2], 2))
+    for t in range(xs.shape[0] - 1, -1, -1) if reverse else range(xs.shape[0]):
+        z = h @ p["U"]
+        h = np.tanh(xs[t, :, :2] * z[:, :2] + xs[t, :, 2:] * z[:, 2:] + p["table"][ks[t]])
+        zs[t], hs[t] = z, h
+    return h, zs, hs
+
+
+@pytest.mark.parametrize("optimize", [True, False])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_steps_that_cut_the_rows_they_read_and_write_match_numpy(reverse, optimize):
+    g = build_cut_rows(reverse)
+    params = rg.init_params(g, seed=3)
+    rng = np.random.default_rng(4)
+    prog = rg.compile(g, optimize=optimize)
+    for steps, batch in [(5, 2), (3, 1)]:
+        feeds = {
+            "xs": rng.standard_normal((steps, batch, 4)),
+            "ks": rng.integers(0, 3, (steps, batch)),
+            "h0": rng.standard_normal((batch, 2)),
+        }
+        out = prog.run(feeds, params).outputs
+        want = cut_rows_numpy(params, feeds["xs"], feeds["ks"], feeds["h0"], reverse)
+        for name, w in zip(("hT", "zs", "hs"), want):
+            close(out[name], w, f"{name} at T={steps}")
+
+
+def test_a_step_that_cuts_rows_makes_no_call_and_errors_after_it_name_their_node():
+    g = build_cut_rows()
+    (scan,) = [n for n in g.ir.nodes if n.op == "scan"]
+    body = rg.Interpreter(scan.bodies["body"], loop_body=True)
+    body.loop({"B": 1}, 1, 2)
+    cut = [line for line in body._loop.source.splitlines() if line.endswith(": iterated")]
+    assert len(cut) == 2 and all(line.strip().startswith("pass") for line in cut)
+    # The lines keep their places, so an error names its node and step: unoptimised, the
+    # pluck stays in the loop.
+    params = rg.init_params(g, seed=3)
+    xs, ks = np.ones((4, 1, 4)), np.array([[0], [1], [7], [2]])  # row 7 of 3: step 2 fails
+    with pytest.raises(ExecutionError) as info:
+        rg.compile(g, optimize=False).run({"xs": xs, "ks": ks, "h0": np.zeros((1, 2))}, params)
+    message = str(info.value)
+    assert "at scan step 2:" in message and "= row_pluck(" in message, message
+    assert "out of range" in message
 
 
 def test_no_xs_with_a_length():

@@ -564,13 +564,16 @@ class Interpreter:
             into = _out_plan(self.graph, nc)
             types = self.graph.types()
             scalar = [j for j, name in enumerate(self.graph.outputs[nc:]) if not types[name].rank]
-            self._loop = LoopSchedule(steps, in_slots, out_slots, nc, nx, into, scalar)
+            cut = self._cut_rows(steps, in_slots[nc : nc + nx], into, binding)
+            self._loop = LoopSchedule(steps, in_slots, out_slots, nc, nx, into, scalar, cut)
         sched = self._loop
         run = self._bound(sched, steps)
         if self.quiet_overflow:
             run = _quietly(run)
-        size, consts, nodes = len(self.slot), self.consts, self.graph.nodes
-        carry_slots, inv_slots = in_slots[:nc], in_slots[nc + nx :]
+        nodes = self.graph.nodes
+        consts: list[Any] = [None] * len(self.slot)  # (read only: runs may share it)
+        for slot, arr in self.consts:
+            consts[slot] = arr
         makers = [
             self.memory.maker(
                 tuple(dims.evaluate(d, binding) for d in nodes[i].outputs[0].type.shape),
@@ -579,19 +582,17 @@ class Interpreter:
             )
             for i in sched.buffered
         ]
+        # The cut rows' indices in the stacked arrays (one more leading axis).
+        ctx = KernelContext(dict(binding))
+        cuts = [
+            (slice(None), *index) for i in sched.cut for index in _views(nodes[steps[i].node], ctx)
+        ]
 
         def loop(carries, xs, invariants, ys, order):
             # Fresh buffers per run: concurrent runs of one program share nothing.
             buffers = [make() for make in makers]
-            values: list[Any] = [None] * size
-            for slot, arr in consts:
-                values[slot] = arr
-            for slot, arr in zip(carry_slots, carries):
-                values[slot] = arr
-            for slot, arr in zip(inv_slots, invariants):
-                values[slot] = arr
             try:
-                run(values, xs, ys, order, buffers)
+                return run(consts, carries, invariants, xs, ys, order, buffers, cuts)
             except Exception as e:
                 index, args, local = sched.locate(e)
                 if index is None:
@@ -602,9 +603,29 @@ class Interpreter:
                 else:
                     error = _execution_error(node, args, e)
                 raise type(error)(f"at {_loop_step(local.get('t'))}: {error}") from e
-            return [values[slot] for slot in carry_slots]
 
         return loop
+
+    def _cut_rows(
+        self,
+        steps: list[Step],
+        xs: list[int],
+        into: Mapping[int, int | None],
+        binding: Mapping[str, int],
+    ) -> dict[int, str]:
+        """The steps whose outputs are views of a row the loop reads (an ``x``) or writes
+        (a ``y``, straight from the node that makes it), by basic slicing (``Op.views``):
+        step -> the name of that stacked array in the loop's code (see LoopSchedule)."""
+        stacked = {slot: f"x{slot}" for slot in xs}
+        stacked.update({steps[i].outputs[0]: f"Y{j}" for i, j in into.items() if j is not None})
+        ctx = KernelContext(dict(binding))
+        return {
+            i: stacked[st.inputs[0]]
+            for i, st in enumerate(steps)
+            if st.inputs
+            and st.inputs[0] in stacked
+            and _views(self.graph.nodes[st.node], ctx) is not None
+        }
 
     def _stepwise_loop(self, binding: Mapping[str, int], nc: int, nx: int) -> Any:
         """:meth:`loop` running the body once per step through the general path (debug
@@ -879,6 +900,12 @@ def _compile(lines: list[str], names: Mapping[str, Any] | None = None) -> Any:
     return namespace["make"]
 
 
+def _views(node: Node, ctx: KernelContext) -> list[tuple] | None:
+    """``Op.views`` of ``node``: the index of each output in its one input, or None."""
+    op = get_op(node.op)
+    return op.views(op.node_attrs(node), ctx) if len(node.inputs) == 1 else None
+
+
 def _quietly(run: Any) -> Any:
     """``run`` with numpy's overflow warnings off while it runs (see ``Op.overflows``)."""
 
@@ -959,16 +986,19 @@ class FlatSchedule:
 class LoopSchedule(FlatSchedule):
     """A loop body's schedule compiled together with the loop that runs it.
 
-    ``run(values, xs, ys, order, buffers)`` takes the carries and invariant inputs in
-    their slots of ``values``, the stacked ``xs`` (read at each step ``t`` of ``order``)
-    and preallocated ``ys`` (written at ``t``), and leaves the final carries in their
-    slots. The loop, the per-step rows and the carry hand-over are plain Python in one
-    function: a step costs its nodes' calls and nothing per step besides. The rows come
-    from iterating the stacked arrays (:func:`_rows`), which makes each row's view for
-    half what indexing does. Nodes in ``into`` write their value with ``out=``: into
-    row ``t`` of ``ys[j]`` when it is output ``j`` (no copy), else into their own entry of
-    ``buffers``, reused at every step. ``ys`` in ``scalar`` (one number per step) are
-    written by index, their rows not being arrays.
+    ``run(consts, carries, invariants, xs, ys, order, buffers, cuts)`` takes the body's
+    constants in their slots of the list ``consts``, the carries and invariant inputs in
+    order, the stacked ``xs`` (read at each step ``t`` of ``order``) and preallocated
+    ``ys`` (written at ``t``), and returns the final carries. The loop, the per-step rows
+    and the carry hand-over are plain Python in one function: a step costs its nodes'
+    calls and nothing per step besides. The rows come from iterating the stacked arrays
+    (:func:`_rows`), which makes each row's view for half what indexing does. Nodes in
+    ``into`` write their value with ``out=``: into row ``t`` of ``ys[j]`` when it is
+    output ``j`` (no copy), else into their own entry of ``buffers``, reused at every
+    step. ``ys`` in ``scalar`` (one number per step) are written by index, their rows not
+    being arrays. The steps in ``cut`` (step -> the stacked array of the row it reads)
+    make views of that row (``Op.views``): their outputs are iterated too, from that
+    array cut by ``cuts`` (each output's index, in order), and the steps make no call.
     """
 
     def __init__(
@@ -980,35 +1010,46 @@ class LoopSchedule(FlatSchedule):
         nx: int,
         into: Mapping[int, int | None],
         scalar: Sequence[int] = (),
+        cut: Mapping[int, str] | None = None,
     ):
         self.steps = steps
         self.buffered = [i for i in sorted(into) if into[i] is None]
+        self.cut = dict(sorted((cut or {}).items()))
         targets = {i: f"b{i}" if j is None else f"y{j}" for i, j in into.items()}
         direct = {j for j in into.values() if j is not None}
-        carries, xs = inputs[:nc], inputs[nc : nc + nx]
+        carries, xs, invariants = inputs[:nc], inputs[nc : nc + nx], inputs[nc + nx :]
         produced = {o for st in steps for o in st.outputs}
         read = {i for st in steps for i in st.inputs} | set(outputs)
-        outside = sorted(read - produced - set(xs) - set(carries))  # invariants and consts
+        consts = sorted(read - produced - set(inputs))
         ys = outputs[nc:]
         rows = [j for j in range(len(ys)) if j not in scalar]
+        pieces = [(o, f"{a}[c{o}]") for i, a in self.cut.items() for o in steps[i].outputs]
         each = ["t", *(f"v{i}" for i in xs), *(f"y{j}" for j in rows)]
+        each += [f"v{o}" for o, _ in pieces]
         stacked = ", ".join(
-            f"rows({a}, order)" for a in [*(f"x{i}" for i in xs), *(f"Y{j}" for j in rows)]
+            f"rows({a}, order)"
+            for a in [*(f"x{i}" for i in xs), *(f"Y{j}" for j in rows), *(a for _, a in pieces)]
         )
         lines = [
             "def make(kernels):",
             *_unpack([f"k{i}" for i in range(len(steps))], "kernels", "  "),
-            "  def run(values, xs, ys, order, buffers):",
-            *(f"    v{i} = values[{i}]" for i in [*carries, *outside]),
+            "  def run(consts, carries, invariants, xs, ys, order, buffers, cuts):",
+            *_unpack([f"v{i}" for i in carries], "carries"),
+            *_unpack([f"v{i}" for i in invariants], "invariants"),
+            *(f"    v{i} = consts[{i}]" for i in consts),
             *_unpack([f"b{i}" for i in self.buffered], "buffers"),
             *_unpack([f"x{i}" for i in xs], "xs"),
             *_unpack([f"Y{j}" for j in range(len(ys))], "ys"),
+            *_unpack([f"c{o}" for o, _ in pieces], "cuts"),
             f"    for {', '.join(each)} in zip(order, {stacked}):"
             if stacked
             else "    for t in order:",
         ]
         self.first_line = len(lines) + 1
-        lines += _call_lines(steps, "      ", free=False, into=targets)
+        calls = _call_lines(steps, "      ", free=False, into=targets)
+        for i in self.cut:  # (a line each all the same: errors are located by line)
+            calls[i] = f"      pass  # {', '.join(f'v{o}' for o in steps[i].outputs)}: iterated"
+        lines += calls
         lines += [
             f"      y{j}[...] = v{slot}" if j in rows else f"      Y{j}[t] = v{slot}"
             for j, slot in enumerate(ys)
@@ -1018,7 +1059,7 @@ class LoopSchedule(FlatSchedule):
             new = ", ".join(f"v{slot}" for slot in outputs[:nc])
             lines.append(f"      {', '.join(f'v{i}' for i in carries)}, = {new},")
         lines.append("      pass")
-        lines += [f"    values[{i}] = v{i}" for i in carries]
+        lines.append(f"    return [{', '.join(f'v{i}' for i in carries)}]")
         lines.append("  return run")
         self.source = "\n".join(lines)  # for reading what runs
         self.make = _compile(lines, {"rows": _rows})

@@ -119,6 +119,14 @@ class Op:
         """
         raise NotImplementedError
 
+    def views(self, a: Any, ctx: KernelContext) -> list[tuple] | None:
+        """For an op whose kernel makes each output a view of its one input by basic
+        slicing (``split``): those index expressions, one per output. A loop step that
+        cuts a row it reads or writes so then takes the pieces from the stacked array,
+        cut once per run (a view per step, for half what the call costs). None: not such
+        an op (the default)."""
+        return None
+
     def cost(self, ins: Sequence[TensorType], outs: Sequence[TensorType], a: Any) -> Cost:
         """Estimated FLOPs and bytes produced by one application, as polynomials of the
         symbolic dims (:mod:`rgraph.ir.cost`). Default: ``flops_per_element`` FLOPs per

@@ -201,10 +201,13 @@ class Split(Op):
 
     rowwise = _off_axis_0
 
-    def kernel(self, a, ctx):
+    def views(self, a, ctx):
         ends = np.cumsum(_resolve(a.sizes, ctx.dims)).tolist()
+        return [_along(a.axis, slice(lo, hi)) for lo, hi in zip([0, *ends[:-1]], ends)]
+
+    def kernel(self, a, ctx):
         # Basic slicing (views, far cheaper than np.split), the indices made once.
-        index = [_along(a.axis, slice(lo, hi)) for lo, hi in zip([0, *ends[:-1]], ends)]
+        index = self.views(a, ctx)
         if len(index) == 1:
             return lambda x: (x[index[0]],)
         return operator.itemgetter(*index)
