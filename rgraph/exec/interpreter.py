@@ -58,9 +58,6 @@ class Interpreter:
         # planned by its loop: see _out_plan); ``memory`` gives it: the arenas of the
         # outermost interpreter, which trims them after each run.
         self.loop_body = loop_body
-        # A loop whose body may overflow harmlessly runs with numpy's overflow warnings
-        # off (see Op.overflows).
-        self.quiet_overflow = loop_body and any(get_op(n.op).overflows for n in graph.nodes)
         self.arenas = None if memory is not None else ThreadArenas()
         self.memory = memory or self.arenas
         self._types = names = graph.types()
@@ -90,6 +87,7 @@ class Interpreter:
         self._params_bind_nothing = all(shape is not None for *_, shape in self._param_kinds)
         self._bindings: dict[tuple, dict[str, int]] = {}
         self._prepared: dict[tuple, list[Step]] = {}
+        self._quiet: set[tuple] = set()  # bindings whose loop is quiet (see _overflows)
         # Kernels that do not depend on dim sizes, and nested interpreters, are kept
         # across bindings (a new sequence length must not mean preparing all again).
         self._kernels: dict[int, Any] = {}
@@ -136,13 +134,10 @@ class Interpreter:
         key = tuple(sorted(binding.items()))
         steps = self._prepared.get(key)
         if steps is None:
-            ctx = KernelContext(
-                dict(binding),
-                self.check_finite,
-                self._cache,
-                self.memory,
-                quiet_overflow=self.quiet_overflow,
-            )
+            ctx = KernelContext(dict(binding), self.check_finite, self._cache, self.memory)
+            if self._overflows(ctx):  # (a loop then runs with numpy's overflow warnings off)
+                ctx = replace(ctx, quiet_overflow=True)
+                self._quiet.add(key)
             steps = []
             # Values that depend on nothing but dim sizes, computed now (see _computed);
             # not in loop bodies (their values are planned by the loop) nor in debug mode
@@ -187,6 +182,17 @@ class Interpreter:
                 steps.append(step)
             self._prepared[key] = steps
         return steps
+
+    def _overflows(self, ctx: KernelContext) -> bool:
+        """Whether a loop over this body, in ``ctx``'s binding, runs with numpy's overflow
+        warnings off: some node may overflow harmlessly (``Op.overflows``)."""
+        if not self.loop_body:
+            return False
+        ops = [(i, get_op(node.op)) for i, node in enumerate(self.graph.nodes)]
+        return any(
+            op.overflows(op.node_attrs(self.graph.nodes[i]), self._context(ctx, op, i))
+            for i, op in ops
+        )
 
     def _placed_steps(self, steps: list[Step], placement: Placement) -> list[Step]:
         """``steps`` (of ``placement``'s binding) with the nodes it roots writing their
@@ -568,7 +574,7 @@ class Interpreter:
             self._loop = LoopSchedule(steps, in_slots, out_slots, nc, nx, into, scalar, cut)
         sched = self._loop
         run = self._bound(sched, steps)
-        if self.quiet_overflow:
+        if tuple(sorted(binding.items())) in self._quiet:
             run = _quietly(run)
         nodes = self.graph.nodes
         consts: list[Any] = [None] * len(self.slot)  # (read only: runs may share it)
@@ -644,7 +650,7 @@ class Interpreter:
                     buf[t] = y
             return carry
 
-        return _quietly(loop) if self.quiet_overflow else loop
+        return _quietly(loop) if tuple(sorted(binding.items())) in self._quiet else loop
 
     def _check_finite(self, node: Node, step: Step, values: list[Any]) -> None:
         for var, slot in zip(node.outputs, step.outputs):

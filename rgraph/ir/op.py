@@ -57,7 +57,7 @@ class KernelContext:
     inputs: tuple[TensorType, ...] = ()
     contiguous_out: bool = False
     # Whether the kernel runs with numpy's overflow warnings off (in a loop whose body has
-    # an op that sets ``overflows``): it need not keep its values from overflowing.
+    # a node that ``overflows``): it need not keep its values from overflowing.
     quiet_overflow: bool = False
 
 
@@ -102,11 +102,6 @@ class Op:
     # ``full_like``'s): the interpreter computes a value that depends on nothing but
     # dim sizes once per binding (see :class:`~rgraph.exec.interpreter.Interpreter`).
     reads_values: ClassVar[bool] = True
-    # Whether a value may overflow to infinity and still give the right result (``exp``
-    # in ``1 / (1 + exp(-z))``): a loop whose body has such an op runs with numpy's
-    # overflow warnings off, one switch per loop, so that the kernel (told by
-    # ``ctx.quiet_overflow``) need not clamp its input at every step to keep quiet.
-    overflows: ClassVar[bool] = False
 
     def infer(self, ins: Sequence[TensorType], a: Any) -> list[TensorType]:
         """Output types from input types; raise ShapeError or DTypeError."""
@@ -118,6 +113,15 @@ class Op:
         It returns one array for a single-output op, else a tuple of arrays.
         """
         raise NotImplementedError
+
+    def overflows(self, a: Any, ctx: KernelContext) -> bool:
+        """Whether the kernel for these attrs, in ``ctx``, may take a value to infinity and
+        still give the right result (``exp`` in ``1 / (1 + exp(-z))``). A loop whose body
+        has such a node runs with numpy's overflow warnings off, one switch per loop, and
+        makes its kernels with ``ctx.quiet_overflow``: they need not clamp their input at
+        every step to keep quiet. An op whose answer depends on ``ctx.dims`` sets
+        ``uses_dims``. Default False."""
+        return False
 
     def views(self, a: Any, ctx: KernelContext) -> list[tuple] | None:
         """For an op whose kernel makes each output a view of its one input by basic

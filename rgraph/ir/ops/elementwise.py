@@ -216,18 +216,27 @@ def _runs(a: GateAttrs, kind: bool) -> list[tuple[Any, slice]]:
     return [(..., slice(start, stop)) for start, stop in runs]
 
 
-def _tanh_form(ctx: KernelContext, gates: list) -> Any:
-    """The tanh form's kernel for an input of known size and dtype below the size where
-    ``exp`` is cheaper, with one run of sigmoid blocks: its four numpy calls and little
-    else (a loop step calls it once); None when that is not known."""
-    if len(ctx.inputs) != 1 or len(gates) != 1:
+def _known_size(ctx: KernelContext) -> tuple[int, np.dtype] | None:
+    """The size and dtype of the one input ``ctx`` gives the type of, if its dims are
+    bound."""
+    if len(ctx.inputs) != 1:
         return None
     t = ctx.inputs[0]
     try:
         size = math.prod(dims.evaluate(d, ctx.dims) if isinstance(d, str) else d for d in t.shape)
     except KeyError:
         return None
-    dtype = t.np_dtype
+    return size, t.np_dtype
+
+
+def _tanh_form(ctx: KernelContext, gates: list) -> Any:
+    """The tanh form's kernel for an input of known size and dtype below the size where
+    ``exp`` is cheaper, with one run of sigmoid blocks: its four numpy calls and little
+    else (a loop step calls it once); None when that is not known."""
+    known = _known_size(ctx)
+    if known is None or len(gates) != 1:
+        return None
+    size, dtype = known
     if size >= _EXP_FROM[dtype]:
         return None
     half, (r,) = np.array(0.5, dtype), gates  # 0-d: numpy takes it faster than a float
@@ -261,7 +270,6 @@ class GateActivation(Op):
     name = "gate_activation"
     Attrs = GateAttrs
     writes_out = True
-    overflows = True  # exp(-z) for a very negative z: 1 / (1 + inf) is the 0 wanted
     flops_per_element = 3
     specializes = True  # (and the tanh form's choice of calls depends on the size)
     uses_dims = True
@@ -278,6 +286,14 @@ class GateActivation(Op):
 
     def batched_attrs(self, a, ins, stacked, steps):
         return self.dump_attrs(a)
+
+    def overflows(self, a, ctx):
+        # exp(-z) for a very negative z, where 1 / (1 + inf) is the 0 wanted: the exp form,
+        # and the tanh form from the size where it goes through exp (or of unknown size).
+        if a.form == "exp":
+            return True
+        known = _known_size(ctx)
+        return known is None or known[0] >= _EXP_FROM[known[1]]
 
     def kernel(self, a, ctx):
         gates, cells = _runs(a, True), _runs(a, False)
