@@ -81,7 +81,8 @@ class Interpreter:
         self._param_kinds = [
             (p, self.slot[p.name], p.type.np_dtype, _concrete(p.type.shape)) for p in self.params
         ]
-        self._output_slots = [(name, self.slot[name]) for name in graph.outputs]
+        self._output_names = list(graph.outputs)
+        self._output_at = [self.slot[name] for name in graph.outputs]
         # Feeds already checked: input shapes -> the dims they bound (see _known_binding).
         self._feed_kinds = [(v.name, v.type.np_dtype) for v in graph.inputs]
         self._params_bind_nothing = all(shape is not None for *_, shape in self._param_kinds)
@@ -101,6 +102,10 @@ class Interpreter:
         self._input_whats = [f"input '{v.name}'" for v in self.inputs]
         self._param_whats = [f"parameter '{p.name}'" for p in self.params]
         self._param_slots = [slot for _, slot, _, _ in self._param_kinds]
+        self._param_names = [p.name for p in self.params]
+        self._param_types = (np.ndarray,) * len(self.params)
+        self._param_dtypes = tuple(dtype for _, _, dtype, _ in self._param_kinds)
+        self._param_shapes = tuple(shape for *_, shape in self._param_kinds)
 
     def _plan_frees(self) -> list[tuple[int, ...]]:
         """The slots each step frees: those of the values it is the last to use, outputs
@@ -448,19 +453,28 @@ class Interpreter:
                 arr = values[self.slot[v.name]]
                 if v.type.is_float and not np.all(np.isfinite(arr)):
                     raise NonFiniteError(f"input '{v.name}' holds {_nonfinite(arr)}")
-        for p, slot, dtype, shape in self._param_kinds:
-            arr = params.get(p.name)
-            if (
-                type(arr) is not np.ndarray
-                or (arr.dtype is not dtype and arr.dtype != dtype)
-                or arr.shape != shape
-            ):
-                if p.name not in params:
-                    raise FeedError(f"the parameter store has no '{p.name}' ({p.type})")
-                arr = _check(arr, p.type, "param", p.name, binding, bound_by, strict=True)
-            values[slot] = arr
-            if self.check_finite and p.type.is_float and not np.all(np.isfinite(arr)):
-                raise NonFiniteError(f"param '{p.name}' holds {_nonfinite(arr)}")
+        arrays = list(map(params.get, self._param_names))
+        if (  # a store of arrays of the parameters' kinds, as is usual: checked in C loops
+            self._params_bind_nothing
+            and not self.check_finite
+            and tuple(map(type, arrays)) == self._param_types
+            and tuple(map(_DTYPE, arrays)) == self._param_dtypes
+            and tuple(map(_SHAPE, arrays)) == self._param_shapes
+        ):
+            any(map(values.__setitem__, self._param_slots, arrays))
+        else:
+            for (p, slot, dtype, shape), arr in zip(self._param_kinds, arrays):
+                if (
+                    type(arr) is not np.ndarray
+                    or (arr.dtype is not dtype and arr.dtype != dtype)
+                    or arr.shape != shape
+                ):
+                    if p.name not in params:
+                        raise FeedError(f"the parameter store has no '{p.name}' ({p.type})")
+                    arr = _check(arr, p.type, "param", p.name, binding, bound_by, strict=True)
+                values[slot] = arr
+                if self.check_finite and p.type.is_float and not np.all(np.isfinite(arr)):
+                    raise NonFiniteError(f"param '{p.name}' holds {_nonfinite(arr)}")
         if known is None:
             for v in self.graph.inputs:  # fed though unused: still binds its dims
                 if v.name in feeds:
@@ -488,15 +502,10 @@ class Interpreter:
         finally:
             if self.arenas is not None:
                 self.arenas.trim()
-        outputs = {}
-        for name, slot in self._output_slots:
-            out = values[slot]
-            if type(out) is not np.ndarray:
-                out = np.asarray(out)
-            # Read-only: a view of parameters (ParamJoin's, or a view of one), which an
-            # optimiser changes next. The caller gets its own copy.
-            outputs[name] = out if out.flags.writeable else out.copy()
-        return outputs
+        return {
+            name: out if type(out) is np.ndarray and out.flags.writeable else _own(out)
+            for name, out in zip(self._output_names, map(values.__getitem__, self._output_at))
+        }
 
     def _known_binding(self, feeds: Mapping[str, Any]) -> dict[str, int] | None:
         """The dims bound by an earlier run's feeds of these shapes, if the feeds are
@@ -904,6 +913,16 @@ def _compile(lines: list[str], names: Mapping[str, Any] | None = None) -> Any:
     namespace: dict[str, Any] = dict(names or {})
     exec(compile("\n".join(lines), "<rgraph schedule>", "exec"), namespace)
     return namespace["make"]
+
+
+_DTYPE, _SHAPE = operator.attrgetter("dtype"), operator.attrgetter("shape")
+
+
+def _own(out: Any) -> np.ndarray:
+    """An output as an array of the caller's own: a copy if it is read-only (a view of
+    parameters, ParamJoin's or of one, which an optimiser changes next)."""
+    out = np.asarray(out)
+    return out if out.flags.writeable else out.copy()
 
 
 def _views(node: Node, ctx: KernelContext) -> list[tuple] | None:

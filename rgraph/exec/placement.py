@@ -11,6 +11,7 @@ arrays themselves.
 from __future__ import annotations
 
 import itertools
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -64,7 +65,7 @@ class Placement:
     def matches(self, into: Mapping[str, Any]) -> bool:
         """Whether ``into`` gives these very arrays for these outputs."""
         return len(into) == len(self.names) and all(
-            map(_same, map(into.get, self.names), self.arrays)
+            map(operator.is_, map(into.get, self.names), self.arrays)
         )
 
     def check_apart(self, whats: Sequence[str], arrays: Sequence[np.ndarray]) -> None:
@@ -90,7 +91,7 @@ class Placement:
         passes the same arrays run after run, so the answer is kept for the arrays last
         checked."""
         seen = self._checked
-        if len(seen) == len(slots) and all(map(_same, map(values.__getitem__, slots), seen)):
+        if len(seen) == len(slots) and all(map(operator.is_, map(values.__getitem__, slots), seen)):
             return
         arrays = [values[s] for s in slots]
         self.check_apart(whats, arrays)
@@ -102,10 +103,6 @@ class Placement:
         for slot, array in self.copies:
             np.copyto(array, values[slot])
         any(map(values.__setitem__, self.slots, self.arrays))  # (a loop in C)
-
-
-def _same(a: Any, b: Any) -> bool:
-    return a is b
 
 
 def plan(

@@ -69,8 +69,8 @@ class Program:
         self.ir = list(stages.values())[-1]
         self.outputs = tuple(outputs)
         self.wrt = tuple(wrt)
-        self._grad_names = [(w, grad_name(w)) for w in self.wrt]
-        self._grad_name = dict(self._grad_names)
+        self._grad_of = [grad_name(w) for w in self.wrt]
+        self._grad_name = dict(zip(self.wrt, self._grad_of))
         self._last_grads_into: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
         self.cotangents = tuple(cotangents)
         self.interpreter = Interpreter(self.ir, check_finite=check_finite)
@@ -164,9 +164,10 @@ class Program:
         if grads_into:
             into = dict(zip(self._outputs_of(tuple(grads_into)), grads_into.values()))
         values = self._for(feeds).interpreter.run(feeds, params, into=into)
+        get = values.__getitem__
         return Result(
-            outputs={n: values[n] for n in self.outputs},
-            grads={w: values[name] for w, name in self._grad_names},
+            outputs=dict(zip(self.outputs, map(get, self.outputs))),
+            grads=dict(zip(self.wrt, map(get, self._grad_of))),
         )
 
 

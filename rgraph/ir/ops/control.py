@@ -142,15 +142,19 @@ class Scan(BodyOp):
             for name in a.body.outputs[nc:]
         ]
         length = None if nx else dims.evaluate(a.length, ctx.dims)
-        empty, places = ctx.memory.empty, _places(a.body, len(y_shapes))
+        places, memory = _places(a.body, len(y_shapes)), ctx.memory
+        makers: dict[int, list] = {}  # steps -> how each y is made (prepared once)
 
         def scan(*args):
             xs = args[nc : nc + nx]
             steps = xs[0].shape[0] if nx else length
-            ys = [
-                empty((steps, *shape), dtype, place)
-                for (dtype, shape), place in zip(y_shapes, places)
-            ]
+            make = makers.get(steps)
+            if make is None:
+                make = makers[steps] = [
+                    memory.maker((steps, *shape), dtype, place)
+                    for (dtype, shape), place in zip(y_shapes, places)
+                ]
+            ys = [m() for m in make]
             order = range(steps - 1, -1, -1) if a.reverse else range(steps)
             carry = run_loop(args[:nc], xs, args[nc + nx :], ys, order)
             return (*carry, *ys) if len(carry) + len(ys) != 1 else (carry + ys)[0]
@@ -394,11 +398,14 @@ class Map(BodyOp):
             )
             if order and size
         ]
-        empty, places = ctx.memory.empty, _places(a.body, len(y_shapes))
+        makers = [
+            ctx.memory.maker(shape, dtype, place)
+            for (dtype, shape), place in zip(y_shapes, _places(a.body, len(y_shapes)))
+        ]
 
         def map_blocks(*args):
             xs, invariants = args[:nx], args[nx:]
-            ys = [empty(shape, dtype, place) for (dtype, shape), place in zip(y_shapes, places)]
+            ys = [make() for make in makers]
             for loop, order in blocks:
                 loop((), xs, invariants, ys, order)
             return ys[0] if len(ys) == 1 else tuple(ys)
