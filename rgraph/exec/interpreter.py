@@ -191,12 +191,10 @@ class Interpreter:
     def _overflows(self, ctx: KernelContext) -> bool:
         """Whether a loop over this body, in ``ctx``'s binding, runs with numpy's overflow
         warnings off: some node may overflow harmlessly (``Op.overflows``)."""
-        if not self.loop_body:
-            return False
-        ops = [(i, get_op(node.op)) for i, node in enumerate(self.graph.nodes)]
-        return any(
-            op.overflows(op.node_attrs(self.graph.nodes[i]), self._context(ctx, op, i))
-            for i, op in ops
+        return self.loop_body and any(
+            op.overflows(op.node_attrs(node), self._context(ctx, op, i))
+            for i, node in enumerate(self.graph.nodes)
+            for op in (get_op(node.op),)
         )
 
     def _placed_steps(self, steps: list[Step], placement: Placement) -> list[Step]:
@@ -1072,7 +1070,7 @@ class LoopSchedule(FlatSchedule):
         ]
         self.first_line = len(lines) + 1
         calls = _call_lines(steps, "      ", free=False, into=targets)
-        for i in self.cut:  # (a line each all the same: errors are located by line)
+        for i in self.cut:  # (the line stays: an error is located by its line)
             calls[i] = f"      pass  # {', '.join(f'v{o}' for o in steps[i].outputs)}: iterated"
         lines += calls
         lines += [
