@@ -170,6 +170,8 @@ def _unbroadcast(b: Graph, grad: Value, target: TensorType) -> Value:
     axes = list(range(lead)) + [
         lead + i for i, d in enumerate(target.shape) if d == 1 and grad.shape[lead + i] != 1
     ]
+    if len(axes) == lead:  # only added axes: the sum has the target's shape
+        return b.sum(grad, axes=axes)
     if axes:
         grad = b.sum(grad, axes=axes, keepdims=True)
     return b.reshape(grad, shape=list(target.shape))
