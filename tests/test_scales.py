@@ -59,13 +59,17 @@ def test_a_scaled_product_scales_its_matrix_by_columns(transpose_b):
 
 
 @pytest.mark.parametrize("form", ["transpose_b", "transpose"])
-def test_a_scale_of_equal_blocks_scales_blocks_of_rows(form):
-    # Gates' scales: one value per block of rows of a stacked weight. [.5 .5 .5 .5 1 1]
-    # is three blocks of two rows.
-    blocks = np.array([0.5, 0.5, 0.5, 0.5, 1.0, 1.0])
+@pytest.mark.parametrize("rows", [2, 32])
+def test_a_scale_of_equal_blocks_scales_blocks_of_rows_of_a_large_matrix(form, rows):
+    # Gates' scales: one value per block of rows of a stacked weight: [.5 .5 1] with
+    # ``rows`` rows each is three blocks. A weight of more than 4096 elements is viewed
+    # as blocks (one value each, twice as fast); a smaller one is scaled by a column
+    # (one call instead of three).
+    blocks = np.repeat([0.5, 0.5, 1.0], rows)
+    cols = 4 if rows == 2 else 64
     g = rg.Graph("blocks")
-    x = g.input("x", ("N", 4))
-    W = g.input("W", (6, 4))
+    x = g.input("x", ("N", cols))
+    W = g.input("W", (3 * rows, cols))
     transposed = g.transpose(W) if form == "transpose" else W
     z = g.matmul(x, transposed, transpose_b=form == "transpose_b")
     g.output(g.eltmul(z, g.const(blocks)), name="y")
@@ -73,9 +77,14 @@ def test_a_scale_of_equal_blocks_scales_blocks_of_rows(form):
     after = fold_scales(before)
     ((w, scale),) = muls(after)
     (const,) = [c for c in after.consts if c.name == scale]
-    assert const.type.shape == (3, 1, 1) and list(const.data) == [0.5, 0.5, 1.0]
-    assert after.types()[w].shape == (3, 2, 4)
-    feeds = {"x": RNG.normal(size=(5, 4)), "W": RNG.normal(size=(6, 4))}
+    if rows * 3 * cols > 4096:
+        assert const.type.shape == (3, 1, 1) and list(const.data) == [0.5, 0.5, 1.0]
+        assert after.types()[w].shape == (3, rows, cols)
+    else:
+        assert const.type.shape == (3 * rows, 1) and list(const.data) == list(blocks)
+        assert after.types()[w].shape == (3 * rows, cols)
+        assert "reshape" not in {n.op for n in after.nodes}
+    feeds = {"x": RNG.normal(size=(5, cols)), "W": RNG.normal(size=(3 * rows, cols))}
     got = same_results(before, after, feeds)
     np.testing.assert_array_equal(got["y"], feeds["x"] @ (feeds["W"] * blocks[:, None]).T)
 

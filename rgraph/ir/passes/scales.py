@@ -79,12 +79,13 @@ def _fold_once(graph: GraphIR) -> GraphIR | None:
 
     def scale_rows(w: str, c: str, loc) -> str:
         """``w * c`` by rows (``c`` as a column). Where ``c`` is a few runs of one value
-        each (gates' scales: rows of a stacked weight), ``w`` is viewed as blocks of
-        rows and scaled by one value per block: twice as fast as a column."""
+        each (gates' scales: rows of a stacked weight), a large ``w`` is viewed as blocks
+        of rows and scaled by one value per block: twice as fast as a column from 16k
+        elements, while a small one is a call, not three."""
         t, data = types[w], next(k.data for k in graph.consts if k.name == c)
         blocks = _blocks(data)
-        if blocks == len(data) or t.rank != 2:
-            return node("eltmul", (w, column(c, blocks)), t, loc)
+        if blocks == len(data) or t.rank != 2 or math.prod(t.shape) <= _COLUMN_MAX:
+            return node("eltmul", (w, column(c, len(data))), t, loc)
         stacked = t.with_shape((blocks, t.shape[0] // blocks, t.shape[1]))
         view = node("reshape", (w,), stacked, loc, {"shape": list(stacked.shape)})
         scaled = node("eltmul", (view, column(c, blocks)), stacked, loc)
@@ -131,6 +132,11 @@ def _fold_once(graph: GraphIR) -> GraphIR | None:
     kept = [n for n in graph.nodes if id(n) not in removed] + added
     all_consts = (*graph.consts, *columns.values())
     return prune(schedule(graph.replace(nodes=tuple(kept), consts=all_consts)))
+
+
+# Weights of at most this many elements are scaled as one product by a column (blocks of
+# rows cost two reshapes besides: more than they save below some 10k elements).
+_COLUMN_MAX = 4096
 
 
 def _blocks(data: tuple[float, ...]) -> int:
