@@ -89,6 +89,23 @@ def test_a_scale_of_equal_blocks_scales_blocks_of_rows_of_a_large_matrix(form, r
     np.testing.assert_array_equal(got["y"], feeds["x"] @ (feeds["W"] * blocks[:, None]).T)
 
 
+def test_a_scale_of_equal_blocks_on_a_transposed_input_of_symbolic_width():
+    # transpose(x) * c with x (6, N): the rows of x are blocks, its width unknown until
+    # a run: scaled as blocks of rows (not known to be small).
+    blocks = np.repeat([0.5, 0.5, 1.0], 2)
+    g = rg.Graph("symbolic")
+    x = g.input("x", (6, "N"))
+    g.output(g.eltmul(g.transpose(x), g.const(blocks)), name="y")
+    before = g.ir
+    after = fold_scales(before)
+    ((w, scale),) = muls(after)
+    assert after.types()[w].shape == (3, 2, "N")
+    assert next(c for c in after.consts if c.name == scale).type.shape == (3, 1, 1)
+    feeds = {"x": RNG.normal(size=(6, 5))}
+    got = same_results(before, after, feeds)
+    np.testing.assert_array_equal(got["y"], (feeds["x"] * blocks[:, None]).T)
+
+
 def test_a_transposed_matrix_times_a_constant_vector_is_computed_in_the_matrix_order():
     g = rg.Graph("scaled")
     w = g.input("w", (6, 4))

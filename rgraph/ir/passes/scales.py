@@ -84,7 +84,7 @@ def _fold_once(graph: GraphIR) -> GraphIR | None:
         elements, while a small one is a call, not three."""
         t, data = types[w], next(k.data for k in graph.consts if k.name == c)
         blocks = _blocks(data)
-        if blocks == len(data) or t.rank != 2 or math.prod(t.shape) <= _COLUMN_MAX:
+        if blocks == len(data) or t.rank != 2 or _within(t, _COLUMN_MAX):
             return node("eltmul", (w, column(c, len(data))), t, loc)
         stacked = t.with_shape((blocks, t.shape[0] // blocks, t.shape[1]))
         view = node("reshape", (w,), stacked, loc, {"shape": list(stacked.shape)})
@@ -137,6 +137,11 @@ def _fold_once(graph: GraphIR) -> GraphIR | None:
 # Weights of at most this many elements are scaled as one product by a column (blocks of
 # rows cost two reshapes besides: more than they save below some 10k elements).
 _COLUMN_MAX = 4096
+
+
+def _within(t, limit: int) -> bool:
+    """Whether ``t`` has concrete dims and at most ``limit`` elements."""
+    return all(isinstance(d, int) for d in t.shape) and math.prod(t.shape) <= limit
 
 
 def _blocks(data: tuple[float, ...]) -> int:
