@@ -112,11 +112,11 @@ class Arena:
             self._moved = True
             slot = self._fit(size)
             if slot is None:
-                slot = _Slot(np.empty(_capacity(size), np.uint8))
+                slot = _Slot(np.empty(size_class(size), np.uint8))
                 self._slots.append(slot)
         elif slot.buffer.nbytes < size:
             self._moved = True
-            slot.buffer = np.empty(_capacity(size), np.uint8)  # (the old buffer is free: let go)
+            slot.buffer = np.empty(size_class(size), np.uint8)  # (the old buffer is free: let go)
         elif slot.run != self._runs:
             slot.run = self._runs
             self._used += slot.buffer.nbytes
@@ -170,9 +170,9 @@ class Arena:
         self._slots = [slot for slot in self._slots if sites.get(id(slot))]
 
 
-def _capacity(size: int) -> int:
-    """The size class at or above ``size`` bytes (steps of 2 ** (1/4)): the same value of
-    a slightly longer sequence fits in it next time."""
+def size_class(size: int) -> int:
+    """The size class at or above ``size`` (bytes, or steps; classes 2 ** (1/4) apart): the
+    same value of a slightly longer sequence fits in it next time."""
     return max(int(2 ** (math.ceil(4 * math.log2(size)) / 4)), size)
 
 

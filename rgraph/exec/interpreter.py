@@ -560,12 +560,18 @@ class Interpreter:
         return run
 
     def loop(self, binding: Mapping[str, int], num_carry: int, num_xs: int) -> Any:
-        """This graph as a loop body: ``f(carries, xs, invariants, ys, order) -> carries``.
+        """This graph as a loop body: ``f(carries, xs, invariants, ys, order, rows=None)
+        -> carries``.
 
         The inputs are the graph's, in order: ``num_carry`` carries, ``num_xs`` per-step
         values given stacked as ``xs`` (step ``t`` reads ``x[t]``), then invariants. The
         body runs once per step ``t`` in ``order``, writes its outputs after the carries
         into ``ys[j][t]`` and returns the final carries. Errors name the step.
+
+        The function's ``y_sources`` lists the rows it writes and reads from ``ys``: ``(j,
+        None)`` for those of ``ys[j]``, ``(j, index)`` for those of the piece
+        ``ys[j][index]``. A caller that keeps them made (:mod:`rgraph.exec.stacks`) gives
+        them as ``rows``, in ``order``; else the loop makes them. None: it takes no rows.
         """
         nc, nx = num_carry, num_xs
         steps = self._steps(dict(binding))
@@ -595,17 +601,27 @@ class Interpreter:
             )
             for i in sched.buffered
         ]
-        # The cut rows' indices in the stacked arrays (one more leading axis).
+        # Where each row comes from: a stacked array, or a piece cut from it (its index
+        # there has one more leading axis than in a row).
         ctx = KernelContext(dict(binding))
-        cuts = [
-            (slice(None), *index) for i in sched.cut for index in _views(nodes[steps[i].node], ctx)
-        ]
 
-        def loop(carries, xs, invariants, ys, order):
+        def source(n: int, piece: tuple[int, int] | None) -> tuple[int, tuple | None]:
+            if piece is None:
+                return n, None
+            i, k = piece
+            return n, (slice(None), *_views(nodes[steps[i].node], ctx)[k])
+
+        x_sources = [source(n, piece) for kind, n, piece in sched.sources if kind == "x"]
+        y_sources = [source(n, piece) for kind, n, piece in sched.sources if kind == "y"]
+
+        def loop(carries, xs, invariants, ys, order, rows=None):
             # Fresh buffers per run: concurrent runs of one program share nothing.
             buffers = [make() for make in makers]
+            each = [_rows(xs[n] if c is None else xs[n][c], order) for n, c in x_sources]
+            if rows is None:
+                rows = [_rows(ys[n] if c is None else ys[n][c], order) for n, c in y_sources]
             try:
-                return run(consts, carries, invariants, xs, ys, order, buffers, cuts)
+                return run(consts, carries, invariants, ys, order, buffers, each + rows)
             except Exception as e:
                 index, args, local = sched.locate(e)
                 if index is None:
@@ -617,6 +633,7 @@ class Interpreter:
                     error = _execution_error(node, args, e)
                 raise type(error)(f"at {_loop_step(local.get('t'))}: {error}") from e
 
+        loop.y_sources = y_sources  # type: ignore[attr-defined]
         return loop
 
     def _cut_rows(
@@ -625,12 +642,12 @@ class Interpreter:
         xs: list[int],
         into: Mapping[int, int | None],
         binding: Mapping[str, int],
-    ) -> dict[int, str]:
+    ) -> dict[int, tuple[str, int]]:
         """The steps whose outputs are views of a row the loop reads (an ``x``) or writes
         (a ``y``, straight from the node that makes it), by basic slicing (``Op.views``):
-        step -> the name of that stacked array in the loop's code (see LoopSchedule)."""
-        stacked = {slot: f"x{slot}" for slot in xs}
-        stacked.update({steps[i].outputs[0]: f"Y{j}" for i, j in into.items() if j is not None})
+        step -> ``("x", i)`` or ``("y", j)``, that stacked array (see LoopSchedule)."""
+        stacked = {slot: ("x", k) for k, slot in enumerate(xs)}
+        stacked.update({steps[i].outputs[0]: ("y", j) for i, j in into.items() if j is not None})
         ctx = KernelContext(dict(binding))
         return {
             i: stacked[st.inputs[0]]
@@ -645,7 +662,7 @@ class Interpreter:
         mode checks every value; very large bodies are not compiled)."""
         run_body = self.positional(binding)
 
-        def loop(carries, xs, invariants, ys, order):
+        def loop(carries, xs, invariants, ys, order, rows=None):
             carry = list(carries)
             for t in order:
                 try:
@@ -657,7 +674,9 @@ class Interpreter:
                     buf[t] = y
             return carry
 
-        return _quietly(loop) if tuple(sorted(binding.items())) in self._quiet else loop
+        run = _quietly(loop) if tuple(sorted(binding.items())) in self._quiet else loop
+        run.y_sources = None  # type: ignore[attr-defined]  # (it indexes the ys)
+        return run
 
     def _check_finite(self, node: Node, step: Step, values: list[Any]) -> None:
         for var, slot in zip(node.outputs, step.outputs):
@@ -1009,19 +1028,20 @@ class FlatSchedule:
 class LoopSchedule(FlatSchedule):
     """A loop body's schedule compiled together with the loop that runs it.
 
-    ``run(consts, carries, invariants, xs, ys, order, buffers, cuts)`` takes the body's
+    ``run(consts, carries, invariants, ys, order, buffers, each)`` takes the body's
     constants in their slots of the list ``consts``, the carries and invariant inputs in
-    order, the stacked ``xs`` (read at each step ``t`` of ``order``) and preallocated
-    ``ys`` (written at ``t``), and returns the final carries. The loop, the per-step rows
-    and the carry hand-over are plain Python in one function: a step costs its nodes'
-    calls and nothing per step besides. The rows come from iterating the stacked arrays
-    (:func:`_rows`), which makes each row's view for half what indexing does. Nodes in
-    ``into`` write their value with ``out=``: into row ``t`` of ``ys[j]`` when it is
-    output ``j`` (no copy), else into their own entry of ``buffers``, reused at every
-    step. ``ys`` in ``scalar`` (one number per step) are written by index, their rows not
-    being arrays. The steps in ``cut`` (step -> the stacked array of the row it reads)
-    make views of that row (``Op.views``): their outputs are iterated too, from that
-    array cut by ``cuts`` (each output's index, in order), and the steps make no call.
+    order, the stacked ``ys`` (written at each step ``t`` of ``order``), and in ``each``
+    the rows the steps read and write, in ``order``: those of the ``xs`` and of the pieces
+    cut from them, then those of the ``ys`` (but the ``scalar`` ones) and of the pieces
+    cut from them (:attr:`sources` says which is which). It returns the final carries. The
+    loop, the per-step rows and the carry hand-over are plain Python in one function: a
+    step costs its nodes' calls and nothing per step besides. Nodes in ``into`` write
+    their value with ``out=``: into their row of ``ys[j]`` when it is output ``j`` (no
+    copy), else into their own entry of ``buffers``, reused at every step. ``ys`` in
+    ``scalar`` (one number per step) are written by index, their rows not being arrays.
+    The steps in ``cut`` (step -> ``("x", i)`` or ``("y", j)``, the stacked array of the
+    row it reads) make views of that row (``Op.views``): their outputs are rows of that
+    array cut, and the steps make no call.
     """
 
     def __init__(
@@ -1033,7 +1053,7 @@ class LoopSchedule(FlatSchedule):
         nx: int,
         into: Mapping[int, int | None],
         scalar: Sequence[int] = (),
-        cut: Mapping[int, str] | None = None,
+        cut: Mapping[int, tuple[str, int]] | None = None,
     ):
         self.steps = steps
         self.buffered = [i for i in sorted(into) if into[i] is None]
@@ -1046,27 +1066,45 @@ class LoopSchedule(FlatSchedule):
         consts = sorted(read - produced - set(inputs))
         ys = outputs[nc:]
         rows = [j for j in range(len(ys)) if j not in scalar]
-        pieces = [(o, f"{a}[c{o}]") for i, a in self.cut.items() for o in steps[i].outputs]
-        each = ["t", *(f"v{i}" for i in xs), *(f"y{j}" for j in rows)]
-        each += [f"v{o}" for o, _ in pieces]
-        stacked = ", ".join(
-            f"rows({a}, order)"
-            for a in [*(f"x{i}" for i in xs), *(f"Y{j}" for j in rows), *(a for _, a in pieces)]
-        )
+        # The cut pieces of each kind: (step, its output's position, the value's slot, the
+        # index of the stacked array).
+        pieces = {
+            kind: [
+                (i, k, o, n)
+                for i, (kind_, n) in self.cut.items()
+                if kind_ == kind
+                for k, o in enumerate(steps[i].outputs)
+            ]
+            for kind in ("x", "y")
+        }
+        # What each row comes from: (kind, index of the stacked array, None for its rows or
+        # (step, output position) for a piece's).
+        self.sources = [
+            *(("x", k, None) for k in range(nx)),
+            *(("x", n, (i, k)) for i, k, _, n in pieces["x"]),
+            *(("y", j, None) for j in rows),
+            *(("y", n, (i, k)) for i, k, _, n in pieces["y"]),
+        ]
+        each = [
+            *(f"v{i}" for i in xs),
+            *(f"v{o}" for _, _, o, _ in pieces["x"]),
+            *(f"y{j}" for j in rows),
+            *(f"v{o}" for _, _, o, _ in pieces["y"]),
+        ]
         lines = [
             "def make(kernels):",
             *_unpack([f"k{i}" for i in range(len(steps))], "kernels", "  "),
-            "  def run(consts, carries, invariants, xs, ys, order, buffers, cuts):",
+            "  def run(consts, carries, invariants, ys, order, buffers, each):",
             *_unpack([f"v{i}" for i in carries], "carries"),
             *_unpack([f"v{i}" for i in invariants], "invariants"),
             *(f"    v{i} = consts[{i}]" for i in consts),
             *_unpack([f"b{i}" for i in self.buffered], "buffers"),
-            *_unpack([f"x{i}" for i in xs], "xs"),
-            *_unpack([f"Y{j}" for j in range(len(ys))], "ys"),
-            *_unpack([f"c{o}" for o, _ in pieces], "cuts"),
-            f"    for {', '.join(each)} in zip(order, {stacked}):"
-            if stacked
-            else "    for t in order:",
+            *(f"    Y{j} = ys[{j}]" for j in scalar),
+            (
+                f"    for t, {', '.join(each)} in zip(order, *each):"
+                if each
+                else "    for t in order:"
+            ),
         ]
         self.first_line = len(lines) + 1
         calls = _call_lines(steps, "      ", free=False, into=targets)
@@ -1085,5 +1123,5 @@ class LoopSchedule(FlatSchedule):
         lines.append(f"    return [{', '.join(f'v{i}' for i in carries)}]")
         lines.append("  return run")
         self.source = "\n".join(lines)  # for reading what runs
-        self.make = _compile(lines, {"rows": _rows})
+        self.make = _compile(lines)
         self.code = self.bind([None] * len(steps)).__code__

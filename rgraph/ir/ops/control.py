@@ -144,22 +144,41 @@ class Scan(BodyOp):
         length = None if nx else dims.evaluate(a.length, ctx.dims)
         places, memory = _places(a.body, len(y_shapes)), ctx.memory
         makers: dict[int, list] = {}  # steps -> how each y is made (prepared once)
+        kinds = [(shape, dtype) for dtype, shape in y_shapes]
+        y_sources = run_loop.y_sources
+        stacks = None if y_sources is None else self.stacks(a, ctx)
 
         def scan(*args):
             xs = args[nc : nc + nx]
             steps = xs[0].shape[0] if nx else length
-            make = makers.get(steps)
-            if make is None:
-                make = makers[steps] = [
-                    memory.maker((steps, *shape), dtype, place)
-                    for (dtype, shape), place in zip(y_shapes, places)
-                ]
-            ys = [m() for m in make]
             order = range(steps - 1, -1, -1) if a.reverse else range(steps)
-            carry = run_loop(args[:nc], xs, args[nc + nx :], ys, order)
+            taken = stacks and stacks.take(kinds, steps, y_sources)
+            if taken is not None:
+                ys, rows = taken
+                carry = run_loop(args[:nc], xs, args[nc + nx :], ys, order, rows)
+                carry = [c[...] for c in carry]  # (views of their own, not the stack's rows)
+            else:
+                make = makers.get(steps)
+                if make is None:
+                    make = makers[steps] = [
+                        memory.maker((steps, *shape), dtype, place)
+                        for (dtype, shape), place in zip(y_shapes, places)
+                    ]
+                ys = [m() for m in make]
+                carry = run_loop(args[:nc], xs, args[nc + nx :], ys, order)
             return (*carry, *ys) if len(carry) + len(ys) != 1 else (carry + ys)[0]
 
         return scan
+
+    def stacks(self, a: ScanAttrs, ctx: Any) -> Any:
+        """The :class:`~rgraph.exec.stacks.Stacks` of this scan, whatever the binding (kept
+        in ``ctx.cache``, with the body, so that its id stays its own)."""
+        from rgraph.exec.stacks import Stacks
+
+        key = ("stacks", id(a.body))
+        if key not in ctx.cache:
+            ctx.cache[key] = (a.body, Stacks(a.reverse))
+        return ctx.cache[key][1]
 
     def vjp_node(self, g, node, cts, needs):
         return _backprop_through_time(self, g, node, cts, needs)
