@@ -132,6 +132,21 @@ def test_through_the_pipeline_the_scaling_leaves_the_loop_and_gradients_agree():
     np.testing.assert_allclose(got.grads["W"], want.grads["W"], rtol=1e-12)
 
 
+def test_in_a_loop_the_gates_get_the_pieces_of_the_row_they_write_made():
+    g = gated_loop(variant="split")
+    fast = rg.compile(g, ["hs", "loss"], loss="loss")
+    forward = [n for n in fast.ir.nodes if n.op == "scan" and not n.attrs.get("reverse")]
+    body = rg.Interpreter(forward[0].bodies["body"], loop_body=True)
+    body.loop({"B": 3}, 1, 1)
+    (line,) = [s for s in body._loop.source.splitlines() if "k2(" in s]  # the gates
+    # The row, then one piece per run of blocks of a kind (sigmoid, then tanh).
+    assert line.endswith(", w2_0, w2_1)") and ", y" in line, line
+    feeds, params = feeds_for(T=5, B=3), params_for()
+    np.testing.assert_allclose(
+        fast.run(feeds, params).outputs["hs"], numpy_loop(feeds, params), rtol=1e-13
+    )
+
+
 @pytest.mark.parametrize(
     "dtype, H, B, form, rtol",
     [

@@ -584,7 +584,8 @@ class Interpreter:
             types = self.graph.types()
             scalar = [j for j, name in enumerate(self.graph.outputs[nc:]) if not types[name].rank]
             cut = self._cut_rows(steps, in_slots[nc : nc + nx], into, binding)
-            self._loop = LoopSchedule(steps, in_slots, out_slots, nc, nx, into, scalar, cut)
+            viewed = self._viewed_rows(steps, into, binding)
+            self._loop = LoopSchedule(steps, in_slots, out_slots, nc, nx, into, scalar, cut, viewed)
         sched = self._loop
         run = self._bound(sched, steps)
         if tuple(sorted(binding.items())) in self._quiet:
@@ -605,11 +606,11 @@ class Interpreter:
         # there has one more leading axis than in a row).
         ctx = KernelContext(dict(binding))
 
-        def source(n: int, piece: tuple[int, int] | None) -> tuple[int, tuple | None]:
+        def source(n: int, piece: tuple[str, int, int] | None) -> tuple[int, tuple | None]:
             if piece is None:
                 return n, None
-            i, k = piece
-            return n, (slice(None), *_views(nodes[steps[i].node], ctx)[k])
+            facet, i, k = piece
+            return n, (slice(None), *_facet(facet, nodes[steps[i].node], ctx)[k])
 
         x_sources = [source(n, piece) for kind, n, piece in sched.sources if kind == "x"]
         y_sources = [source(n, piece) for kind, n, piece in sched.sources if kind == "y"]
@@ -654,8 +655,21 @@ class Interpreter:
             for i, st in enumerate(steps)
             if st.inputs
             and st.inputs[0] in stacked
-            and _views(self.graph.nodes[st.node], ctx) is not None
+            and _facet("views", self.graph.nodes[st.node], ctx) is not None
         }
+
+    def _viewed_rows(
+        self, steps: list[Step], into: Mapping[int, int | None], binding: Mapping[str, int]
+    ) -> dict[int, int]:
+        """The steps that write into a row of a stacked output and take pieces of it made
+        (``Op.out_views``): step -> how many."""
+        ctx = KernelContext(dict(binding))
+        counts = {
+            i: _facet("out_views", self.graph.nodes[steps[i].node], ctx)
+            for i, j in into.items()
+            if j is not None
+        }
+        return {i: len(views) for i, views in counts.items() if views is not None}
 
     def _stepwise_loop(self, binding: Mapping[str, int], nc: int, nx: int) -> Any:
         """:meth:`loop` running the body once per step through the general path (debug
@@ -899,17 +913,24 @@ def _execution_error(node: Node, args: list[Any], e: Exception) -> ExecutionErro
 
 
 def _call_lines(
-    steps: list[Step], indent: str, free: bool, into: Mapping[int, str] | None = None
+    steps: list[Step],
+    indent: str,
+    free: bool,
+    into: Mapping[int, str] | None = None,
+    pieces: Mapping[int, list[str]] | None = None,
 ) -> list[str]:
     """One line per node, ``v7 = k3(v2, v5)`` (``v7 = v2`` for an identity), ending values'
     lives with ``del`` if asked; node ``i`` in ``into`` writes into that array
-    (``k3(v2, v5, out=b3)``)."""
+    (``k3(v2, v5, out=b3)``), and gives the ``pieces`` of it (``Op.out_views``) after it."""
     lines = []
     identity = get_op("identity").fn
     for i, st in enumerate(steps):
         args = ", ".join(f"v{j}" for j in st.inputs)
         target = into.get(i) if into else None
-        if target is not None:  # a ufunc takes out= positionally, a little faster
+        given = pieces.get(i) if pieces else None
+        if given:
+            args += ", ".join(["", target, *given])
+        elif target is not None:  # a ufunc takes out= positionally, a little faster
             args += f", {target}" if isinstance(st.kernel, np.ufunc) else f", out={target}"
         # An identity is its input itself: no call.
         call = args if st.kernel is identity and target is None else f"k{i}({args})"
@@ -942,10 +963,13 @@ def _own(out: Any) -> np.ndarray:
     return out if out.flags.writeable else out.copy()
 
 
-def _views(node: Node, ctx: KernelContext) -> list[tuple] | None:
-    """``Op.views`` of ``node``: the index of each output in its one input, or None."""
+def _facet(facet: str, node: Node, ctx: KernelContext) -> list[tuple] | None:
+    """``Op.views`` (the index of each output in its one input) or ``Op.out_views`` (of
+    pieces of its output) of ``node``, or None."""
     op = get_op(node.op)
-    return op.views(op.node_attrs(node), ctx) if len(node.inputs) == 1 else None
+    if facet == "views" and len(node.inputs) != 1:
+        return None
+    return getattr(op, facet)(op.node_attrs(node), ctx)
 
 
 def _quietly(run: Any) -> Any:
@@ -1054,6 +1078,7 @@ class LoopSchedule(FlatSchedule):
         into: Mapping[int, int | None],
         scalar: Sequence[int] = (),
         cut: Mapping[int, tuple[str, int]] | None = None,
+        viewed: Mapping[int, int] | None = None,
     ):
         self.steps = steps
         self.buffered = [i for i in sorted(into) if into[i] is None]
@@ -1066,30 +1091,37 @@ class LoopSchedule(FlatSchedule):
         consts = sorted(read - produced - set(inputs))
         ys = outputs[nc:]
         rows = [j for j in range(len(ys)) if j not in scalar]
-        # The cut pieces of each kind: (step, its output's position, the value's slot, the
-        # index of the stacked array).
+        # The pieces of rows of each kind: (the facet that gives its index, the step, the
+        # position, the name in the loop's code, the index of the stacked array). A cut
+        # step's outputs, and those of a row a step writes that it takes made.
         pieces = {
             kind: [
-                (i, k, o, n)
+                ("views", i, k, f"v{o}", n)
                 for i, (kind_, n) in self.cut.items()
                 if kind_ == kind
                 for k, o in enumerate(steps[i].outputs)
             ]
             for kind in ("x", "y")
         }
+        given = {i: [f"w{i}_{k}" for k in range(count)] for i, count in (viewed or {}).items()}
+        pieces["y"] += [
+            ("out_views", i, k, name, into[i])
+            for i, names in given.items()
+            for k, name in enumerate(names)
+        ]
         # What each row comes from: (kind, index of the stacked array, None for its rows or
-        # (step, output position) for a piece's).
+        # (facet, step, position) for a piece's).
         self.sources = [
             *(("x", k, None) for k in range(nx)),
-            *(("x", n, (i, k)) for i, k, _, n in pieces["x"]),
+            *(("x", n, (f, i, k)) for f, i, k, _, n in pieces["x"]),
             *(("y", j, None) for j in rows),
-            *(("y", n, (i, k)) for i, k, _, n in pieces["y"]),
+            *(("y", n, (f, i, k)) for f, i, k, _, n in pieces["y"]),
         ]
         each = [
             *(f"v{i}" for i in xs),
-            *(f"v{o}" for _, _, o, _ in pieces["x"]),
+            *(name for *_, name, _ in pieces["x"]),
             *(f"y{j}" for j in rows),
-            *(f"v{o}" for _, _, o, _ in pieces["y"]),
+            *(name for *_, name, _ in pieces["y"]),
         ]
         lines = [
             "def make(kernels):",
@@ -1107,7 +1139,7 @@ class LoopSchedule(FlatSchedule):
             ),
         ]
         self.first_line = len(lines) + 1
-        calls = _call_lines(steps, "      ", free=False, into=targets)
+        calls = _call_lines(steps, "      ", free=False, into=targets, pieces=given)
         for i in self.cut:  # (the line stays: an error is located by its line)
             calls[i] = f"      pass  # {', '.join(f'v{o}' for o in steps[i].outputs)}: iterated"
         lines += calls

@@ -131,6 +131,15 @@ class Op:
         an op (the default)."""
         return None
 
+    def out_views(self, a: Any, ctx: KernelContext) -> list[tuple] | None:
+        """For an op whose kernel writes with ``out=`` and then works on pieces of ``out``
+        (``gate_activation`` scales its sigmoid blocks): those pieces' basic-slicing
+        indices, as many whatever the binding. A loop step that writes into the row of a
+        stacked output then gives them made (views cut once per run, not at every step):
+        ``kernel(*inputs, out, *pieces)``; other callers give ``out`` alone, or nothing.
+        None: not such an op (the default)."""
+        return None
+
     def cost(self, ins: Sequence[TensorType], outs: Sequence[TensorType], a: Any) -> Cost:
         """Estimated FLOPs and bytes produced by one application, as polynomials of the
         symbolic dims (:mod:`rgraph.ir.cost`). Default: ``flops_per_element`` FLOPs per

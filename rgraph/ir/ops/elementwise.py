@@ -242,11 +242,12 @@ def _tanh_form(ctx: KernelContext, gates: list) -> Any:
     half, (r,) = np.array(0.5, dtype), gates  # 0-d: numpy takes it faster than a float
     tanh, multiply, add, empty_like = np.tanh, np.multiply, np.add, np.empty_like
 
-    def activate(x, out=None):
+    def activate(x, out=None, part=None, *_):  # (pieces of out: see out_views)
         if out is None:
             out = empty_like(x)
         tanh(x, out)
-        part = out[r]
+        if part is None:
+            part = out[r]
         multiply(part, half, part)
         add(part, half, part)
         return out
@@ -295,12 +296,17 @@ class GateActivation(Op):
         known = _known_size(ctx)
         return known is None or known[0] >= _EXP_FROM[known[1]]
 
+    def out_views(self, a, ctx):
+        # What the kernels scale in place: the runs of sigmoid blocks, then of tanh blocks.
+        return _runs(a, True) + _runs(a, False)
+
     def kernel(self, a, ctx):
         gates, cells = _runs(a, True), _runs(a, False)
         tanh_form, quiet = a.form == "tanh", ctx.quiet_overflow
         constants: dict[np.dtype, tuple[np.ndarray, ...]] = {}
+        n = len(gates)
 
-        def activate(x, out=None):
+        def activate(x, out=None, *pieces):  # (pieces of out: see out_views)
             dtype = x.dtype
             c = constants.get(dtype)
             if c is None:  # 0-d arrays: numpy takes them faster than Python floats
@@ -312,8 +318,7 @@ class GateActivation(Op):
                 out = np.empty_like(x)
             if tanh_form and x.size < _EXP_FROM[dtype]:
                 np.tanh(x, out)
-                for r in gates:
-                    part = out[r]
+                for part in pieces[:n] if pieces else [out[r] for r in gates]:
                     np.multiply(part, half, part)
                     np.add(part, half, part)
                 return out
@@ -324,8 +329,7 @@ class GateActivation(Op):
             np.exp(x, out)
             np.add(out, one, out)
             np.reciprocal(out, out)  # sigmoid(z) everywhere, sigmoid(2 z) on tanh blocks
-            for r in cells:
-                part = out[r]
+            for part in pieces[n:] if pieces else [out[r] for r in cells]:
                 np.multiply(part, two, part)
                 np.subtract(part, one, part)
             return out
