@@ -69,16 +69,26 @@ class BodyOp(Op):
 
     def body_interpreter(self, a: Any, ctx: Any, loop_body: bool) -> Any:
         """The interpreter of ``a.body``: one per body and way of running it, whatever
-        the binding (kept in ``ctx.cache``, with the body, so that its id stays its own)."""
+        the binding."""
         from rgraph.exec.interpreter import Interpreter
 
-        key = (self.name, id(a.body), loop_body)
-        if key not in ctx.cache:
-            body = Interpreter(
+        return _kept(
+            ctx,
+            (self.name, loop_body),
+            a.body,
+            lambda: Interpreter(
                 a.body, check_finite=ctx.check_finite, loop_body=loop_body, memory=ctx.memory
-            )
-            ctx.cache[key] = (a.body, body)
-        return ctx.cache[key][1]
+            ),
+        )
+
+
+def _kept(ctx: Any, kind: Any, body: GraphIR, make: Any) -> Any:
+    """What ``make()`` gives, once per ``body`` and ``kind`` whatever the binding: kept in
+    ``ctx.cache`` with the body, so that its id stays its own."""
+    key = (kind, id(body))
+    if key not in ctx.cache:
+        ctx.cache[key] = (body, make())
+    return ctx.cache[key][1]
 
 
 def _places(body: GraphIR, count: int) -> list[tuple]:
@@ -145,8 +155,12 @@ class Scan(BodyOp):
         places, memory = _places(a.body, len(y_shapes)), ctx.memory
         makers: dict[int, list] = {}  # steps -> how each y is made (prepared once)
         kinds = [(shape, dtype) for dtype, shape in y_shapes]
-        y_sources = run_loop.y_sources
-        stacks = None if y_sources is None else self.stacks(a, ctx)
+        y_sources = run_loop.y_sources  # (None: it takes no rows made)
+        stacks = None
+        if y_sources is not None:
+            from rgraph.exec.stacks import Stacks
+
+            stacks = _kept(ctx, "stacks", a.body, lambda: Stacks(a.reverse))
 
         def scan(*args):
             xs = args[nc : nc + nx]
@@ -169,16 +183,6 @@ class Scan(BodyOp):
             return (*carry, *ys) if len(carry) + len(ys) != 1 else (carry + ys)[0]
 
         return scan
-
-    def stacks(self, a: ScanAttrs, ctx: Any) -> Any:
-        """The :class:`~rgraph.exec.stacks.Stacks` of this scan, whatever the binding (kept
-        in ``ctx.cache``, with the body, so that its id stays its own)."""
-        from rgraph.exec.stacks import Stacks
-
-        key = ("stacks", id(a.body))
-        if key not in ctx.cache:
-            ctx.cache[key] = (a.body, Stacks(a.reverse))
-        return ctx.cache[key][1]
 
     def vjp_node(self, g, node, cts, needs):
         return _backprop_through_time(self, g, node, cts, needs)
