@@ -247,6 +247,7 @@ class Interpreter:
                 self._recent = placement
                 return placement
         placement = plan(self.graph, binding, into, self.slot, self._writes_in_place)
+        placement.others = [name for name in self._output_names if name not in into]
         if len(known) >= 4:  # (a bounded memory: callers keep one set, or a few)
             gone = known.pop(0)
             self._runs.pop(id(gone.steps), None)  # (its bound schedule goes with it)
@@ -500,10 +501,16 @@ class Interpreter:
         finally:
             if self.arenas is not None:
                 self.arenas.trim()
-        return {
-            name: out if type(out) is np.ndarray and out.flags.writeable else _own(out)
-            for name, out in zip(self._output_names, map(values.__getitem__, self._output_at))
-        }
+        outputs = map(values.__getitem__, self._output_at)
+        if placement is None:
+            return {
+                name: out if type(out) is np.ndarray and out.flags.writeable else _own(out)
+                for name, out in zip(self._output_names, outputs)
+            }
+        result = dict(zip(self._output_names, outputs))  # (the caller's arrays: their own)
+        for name in placement.others:
+            result[name] = _own(result[name])
+        return result
 
     def _known_binding(self, feeds: Mapping[str, Any]) -> dict[str, int] | None:
         """The dims bound by an earlier run's feeds of these shapes, if the feeds are

@@ -41,6 +41,7 @@ class Placement:
         "binding",
         "copies",
         "names",
+        "others",
         "roots",
         "slots",
         "steps",
@@ -61,6 +62,7 @@ class Placement:
         self._owners, self._owner_ids = list(owners.values()), set(owners)
         self._checked: tuple = ()  # the arrays last found apart from these (kept alive)
         self.steps: Any = None  # the interpreter's steps that write so
+        self.others: list[str] = []  # the interpreter's outputs not given (their names)
 
     def matches(self, into: Mapping[str, Any]) -> bool:
         """Whether ``into`` gives these very arrays for these outputs."""
