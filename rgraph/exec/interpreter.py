@@ -1072,7 +1072,9 @@ class LoopSchedule(FlatSchedule):
     ``scalar`` (one number per step) are written by index, their rows not being arrays.
     The steps in ``cut`` (step -> ``("x", i)`` or ``("y", j)``, the stacked array of the
     row it reads) make views of that row (``Op.views``): their outputs are rows of that
-    array cut, and the steps make no call.
+    array cut, and the steps make no call. The steps in ``viewed`` (step -> how many)
+    write into a row of a stacked output and are given pieces of it after it, rows of
+    that array cut too (``Op.out_views``).
     """
 
     def __init__(
