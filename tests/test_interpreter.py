@@ -341,6 +341,82 @@ def test_loop_plan_writes_a_carry_that_is_also_a_y_straight_into_ys():
     np.testing.assert_array_equal(out["last"], want[-1])
 
 
+def _carried_gradients(reverse):
+    """A loop like a backward one: carries made once a step, after every read of the old
+    ones, and one (``late``) made before the old one's last read."""
+    g = rg.Graph("carried")
+    xs = g.input("xs", ("T", 2, 3))
+
+    def step(b, carry, x):
+        dh, dc, late = carry
+        s = dh + x[0]
+        new_dc = (dc + s) * 0.5  # after the last read of dc
+        new_late = s * 3.0  # before the old late's last read, below
+        new_dh = b.tanh(new_dc + new_late) * late  # after the last read of dh
+        return [new_dh, new_dc, new_late], [s]
+
+    init = [g.full(shape=[2, 3], value=v) for v in (0.1, 0.2, 0.3)]
+    (dh, dc, late), (ss,) = g.scan(step, init=init, xs=[xs], reverse=reverse)
+    for value, name in ((dh, "dh"), (dc, "dc"), (late, "late"), (ss, "s")):
+        g.output(value, name=name)
+    return g
+
+
+def _numpy_carried(xs, reverse):
+    dh, dc, late = np.full((2, 3), 0.1), np.full((2, 3), 0.2), np.full((2, 3), 0.3)
+    ss = np.empty_like(xs)
+    for t in reversed(range(len(xs))) if reverse else range(len(xs)):
+        s = dh + xs[t]
+        dc = (dc + s) * 0.5
+        dh, late = np.tanh(dc + s * 3.0) * late, s * 3.0
+        ss[t] = s
+    return {"dh": dh, "dc": dc, "late": late, "s": ss}
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_carries_made_after_their_last_read_keep_one_buffer(reverse):
+    from rgraph.exec.interpreter import _out_plan
+
+    g = _carried_gradients(reverse)
+    prog = rg.compile(g)
+    body = next(n for n in prog.ir.nodes if n.op == "scan").bodies["body"]
+    plan = _out_plan(body, num_carry=3)
+    made = {name: i for i, n in enumerate(body.nodes) for name in (o.name for o in n.outputs)}
+    dh, dc, late = body.outputs[:3]
+    assert plan.get(made[dh], 0) is None and plan.get(made[dc], 0) is None  # a buffer each
+    assert made[late] not in plan  # its old value is read after it is made: new arrays
+    rng = np.random.default_rng(5)
+    first_x = rng.normal(size=(6, 2, 3))
+    first = prog.run({"xs": first_x}).outputs
+    kept = {name: arr.copy() for name, arr in first.items()}
+    for xs in (first_x, rng.normal(size=(4, 2, 3)), rng.normal(size=(1, 2, 3))):
+        got = prog.run({"xs": xs}).outputs
+        for name, want in _numpy_carried(xs, reverse).items():
+            np.testing.assert_allclose(got[name], want, rtol=1e-15, atol=0, err_msg=name)
+    for name, arr in first.items():  # the first run's final carries: still the caller's
+        np.testing.assert_array_equal(arr, kept[name], err_msg=name)
+
+
+def test_a_carry_that_is_also_given_out_as_it_was_gets_new_arrays():
+    g = rg.Graph("given_out")
+    xs = g.input("xs", ("T", 3))
+
+    def step(b, carry, x):
+        return [b.tanh(carry[0] + x[0])], [carry[0]]  # ys[t]: the carry before step t
+
+    (last,), (before,) = g.scan(step, init=[g.full(shape=[3], value=0.5)], xs=[xs])
+    g.output(last, name="last")
+    g.output(before, name="before")
+    xs = np.random.default_rng(6).normal(size=(4, 3))
+    out = rg.compile(g, optimize=False).run({"xs": xs}).outputs  # (optimised: a shift)
+    c, want = np.full(3, 0.5), []
+    for row in xs:
+        want.append(c)
+        c = np.tanh(c + row)
+    np.testing.assert_array_equal(out["before"], np.stack(want))
+    np.testing.assert_array_equal(out["last"], c)
+
+
 def test_loops_and_graphs_without_nodes_run():
     g = rg.Graph("empty")
     xs = g.input("xs", ("T", 2))

@@ -849,15 +849,14 @@ def _out_plan(graph: GraphIR, num_carry: int) -> dict[int, int | None]:
 
     A buffer is overwritten at the next step, so no value that may share memory with a
     carry (which lives on into the next step) gets one: the carries, and through ops
-    that may return views of their inputs, whatever they were made from. ``ys[j][t]`` is
-    written once, so any value may go there, carries too.
+    that may return views of their inputs, whatever they were made from. The exception
+    is a carry whose node makes no view and runs after every read of the carry it
+    replaces (:func:`_carry_buffers`). ``ys[j][t]`` is written once, so any value may go
+    there, carries too.
     """
     producer = {o.name: i for i, n in enumerate(graph.nodes) for o in n.outputs}
-
-    def writes_out(node: Node) -> bool:
-        return get_op(node.op).writes_out and len(node.outputs) == 1 and not node.bodies
-
     shared: set[str] = set()
+    viewed: set[str] = set()  # (reached through a node that may return a view)
     pending = list(graph.outputs[:num_carry])
     while pending:
         name = pending.pop()
@@ -865,7 +864,8 @@ def _out_plan(graph: GraphIR, num_carry: int) -> dict[int, int | None]:
             continue
         shared.add(name)
         i = producer.get(name)
-        if i is not None and not writes_out(graph.nodes[i]):
+        if i is not None and not _writes_out(graph.nodes[i]):
+            viewed.update(graph.nodes[i].inputs)
             pending.extend(graph.nodes[i].inputs)
     first_y: dict[str, int] = {}
     for j, name in enumerate(graph.outputs[num_carry:]):
@@ -873,13 +873,43 @@ def _out_plan(graph: GraphIR, num_carry: int) -> dict[int, int | None]:
     plan: dict[int, int | None] = {}
     for i, node in enumerate(graph.nodes):
         out = node.outputs[0]
-        if writes_out(node):
+        if _writes_out(node):
             j = first_y.get(out.name)
             if j is not None and out.type.rank >= 1:
                 plan[i] = j
             elif out.name not in shared:
                 plan[i] = None
+    for i in _carry_buffers(graph, num_carry, producer, viewed):
+        plan.setdefault(i, None)
     return plan
+
+
+def _writes_out(node: Node) -> bool:
+    return get_op(node.op).writes_out and len(node.outputs) == 1 and not node.bodies
+
+
+def _carry_buffers(
+    graph: GraphIR, num_carry: int, producer: Mapping[str, int], viewed: set[str]
+) -> list[int]:
+    """The nodes that may write a carry into one buffer, reused at every step: each
+    makes the carry itself (no other carry is a view of it) after every step's read of
+    the carry it replaces, or of a view of that; which no output is (a backward loop's
+    carried gradients, which would otherwise be new arrays at every step).
+    """
+    outputs = set(graph.outputs)
+    found = []
+    for name in dict.fromkeys(graph.outputs[:num_carry]):
+        i = producer.get(name)
+        if i is None or not _writes_out(graph.nodes[i]) or name in viewed:
+            continue
+        old = {graph.inputs[k].name for k in range(num_carry) if graph.outputs[k] == name}
+        for node in graph.nodes:  # (in order: views of the old carry, then their views)
+            if not _writes_out(node) and old.intersection(node.inputs):
+                old.update(o.name for o in node.outputs)
+        readers = [k for k, node in enumerate(graph.nodes) if old.intersection(node.inputs)]
+        if not old & outputs and all(k < i for k in readers):
+            found.append(i)
+    return found
 
 
 def _loop_step(t: int | slice | None) -> str:
