@@ -199,12 +199,16 @@ class Interpreter:
 
     def _placed_steps(self, steps: list[Step], placement: Placement) -> list[Step]:
         """``steps`` (of ``placement``'s binding) with the nodes it roots writing their
-        values where it says: made once per placement."""
+        values where it says, and the splits of what they wrote giving the caller's arrays
+        (views of the same memory): made once per placement."""
         if placement.steps is None:
             ctx = KernelContext(placement.binding, self.check_finite, self._cache, self.memory)
+            roots, pieces = placement.roots, placement.pieces
             placement.steps = [
-                replace(st, kernel=self._writer(st.node, ctx, placement.roots[st.node]))
-                if st.node in placement.roots
+                replace(st, kernel=self._writer(st.node, ctx, roots[st.node]))
+                if st.node in roots
+                else replace(st, kernel=functools.partial(_given, pieces[st.node]))
+                if st.node in pieces
                 else st
                 for st in steps
             ]
@@ -791,6 +795,11 @@ class ParamJoin:
             view = tiled(arrays, self.axis)
             self.last = (arrays, view)
         return np.concatenate(arrays, axis=self.axis) if view is None else view
+
+
+def _given(arrays: tuple[np.ndarray, ...], *_: Any) -> tuple[np.ndarray, ...]:
+    """A placed split's kernel: the caller's arrays, which are its pieces."""
+    return arrays
 
 
 def _concrete(shape: tuple) -> tuple[int, ...] | None:

@@ -28,7 +28,9 @@ class Placement:
     """Where one set of caller's arrays receives a program's outputs, in one ``binding``.
 
     ``roots``: node index -> the array its kernel writes into (``out=``), a view of the
-    caller's memory. ``copies``: (slot, array) for the outputs copied after the run.
+    caller's memory. ``pieces``: split node index -> the caller's arrays that its outputs
+    are views of (the memory its input was written into), in order: the split need not
+    cut them. ``copies``: (slot, array) for the outputs copied after the run.
     ``slots``: the slot of each output given (in the order of ``arrays``), whose values
     the run's results become.
     """
@@ -42,6 +44,7 @@ class Placement:
         "copies",
         "names",
         "others",
+        "pieces",
         "roots",
         "slots",
         "steps",
@@ -54,10 +57,11 @@ class Placement:
         arrays: tuple[np.ndarray, ...],
         slots: list[int],
         roots: dict[int, np.ndarray],
+        pieces: dict[int, tuple[np.ndarray, ...]],
         copies: list[tuple[int, np.ndarray]],
     ):
         self.binding, self.names, self.arrays = binding, names, arrays
-        self.slots, self.roots, self.copies = slots, roots, copies
+        self.slots, self.roots, self.pieces, self.copies = slots, roots, pieces, copies
         owners = {id(o): o for o in map(owner, arrays)}
         self._owners, self._owner_ids = list(owners.values()), set(owners)
         self._checked: tuple = ()  # the arrays last found apart from these (kept alive)
@@ -156,6 +160,7 @@ def plan(
     maker = {o.name: i for i, n in enumerate(graph.nodes) for o in n.outputs}
     roots: dict[int, np.ndarray] = {}
     pieces: dict[int, dict[int, tuple[list[str], np.ndarray]]] = {}  # split -> piece -> ...
+    joined: dict[int, list[str]] = {}  # split -> the outputs its pieces are, if joined
     placed: set[str] = set()
 
     def claim(starts: list[str], name: str, array: np.ndarray) -> None:
@@ -182,6 +187,7 @@ def plan(
                 if whole is None:
                     return
                 starts = [s for k in range(len(mine)) for s in mine[k][0]]
+                joined[i] = starts
                 name, array = node.inputs[0], whole
             else:
                 if i not in roots and writes_in_place(i):
@@ -193,7 +199,12 @@ def plan(
         claim([name], name, array)
     copies = [(slot[name], array) for name, array in zip(names, arrays) if name not in placed]
     slots = [slot[name] for name in names]
-    return Placement(dict(binding), names, arrays, slots, roots, copies)
+    cut = {
+        i: tuple(pieces[i][k][1] for k in range(len(pieces[i])))
+        for i, starts in joined.items()
+        if placed.issuperset(starts)
+    }
+    return Placement(dict(binding), names, arrays, slots, roots, cut, copies)
 
 
 def _joined(split, arrays, types, binding) -> np.ndarray | None:
