@@ -865,7 +865,7 @@ def _out_plan(graph: GraphIR, num_carry: int) -> dict[int, int | None]:
     """
     producer = {o.name: i for i, n in enumerate(graph.nodes) for o in n.outputs}
     shared: set[str] = set()
-    viewed: set[str] = set()  # (reached through a node that may return a view)
+    viewed: set[str] = set()  # (what a node that may return a view of it reads)
     pending = list(graph.outputs[:num_carry])
     while pending:
         name = pending.pop()
@@ -900,10 +900,10 @@ def _writes_out(node: Node) -> bool:
 def _carry_buffers(
     graph: GraphIR, num_carry: int, producer: Mapping[str, int], viewed: set[str]
 ) -> list[int]:
-    """The nodes that may write a carry into one buffer, reused at every step: each
-    makes the carry itself (no other carry is a view of it) after every step's read of
-    the carry it replaces, or of a view of that; which no output is (a backward loop's
-    carried gradients, which would otherwise be new arrays at every step).
+    """The nodes that may write a carry into one buffer, reused at every step (a backward
+    loop's carried gradients, else new arrays at every step): each makes the carry
+    itself, no other carry being a view of it, and runs after every read of the carry
+    it replaces or of a view of that, which the body does not return either.
     """
     outputs = set(graph.outputs)
     found = []
