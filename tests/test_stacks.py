@@ -89,6 +89,33 @@ def test_free_arrays_are_handed_out_again_with_the_same_rows():
     assert stacks.take([((MIN_ROW,), F64)], 2, [(0, None)]) is None  # not small
 
 
+def test_equal_kinds_and_sources_are_the_objects_first_given():
+    stacks = Stacks(reverse=False)
+    kinds, sources = [((2,), F64)], [(0, None), (0, (slice(None), slice(0, 1)))]
+    assert stacks.shared(kinds, sources) == (kinds, sources)
+    equal = ([((2,), np.dtype("float64"))], [(0, None), (0, (slice(None), slice(0, 1)))])
+    got = stacks.shared(*equal)
+    assert got[0] is kinds and got[1] is sources
+    other = stacks.shared([((3,), F64)], sources)
+    assert other[0] is not kinds and other[0] == [((3,), F64)]
+
+
+def test_the_kernels_of_every_length_take_with_the_same_kinds_and_sources(monkeypatch):
+    seen = set()
+    take = Stacks.take
+
+    def spy(self, kinds, steps, sources):
+        seen.add((id(kinds), id(sources)))
+        return take(self, kinds, steps, sources)
+
+    monkeypatch.setattr(Stacks, "take", spy)
+    prog = rg.compile(_rnn())
+    params = rg.init_params(_rnn(), seed=3)
+    for T in (4, 2, 6):  # (a kernel per length: lists of its own, equal to the others')
+        prog.run(_feeds(T), params)
+    assert len(seen) == 1
+
+
 MIN_ROW = 1 << 14  # float64 elements: two rows of them are more than an arena's minimum
 
 

@@ -78,6 +78,20 @@ class Stacks:
     def __init__(self, reverse: bool):
         self.reverse = reverse
         self._local = threading.local()
+        self._seen: list[tuple[Sequence[Kind], Sequence[Source]]] = []
+
+    def shared(
+        self, kinds: Sequence[Kind], sources: Sequence[Source]
+    ) -> tuple[Sequence[Kind], Sequence[Source]]:
+        """``kinds`` and ``sources``, or equal ones given before: the objects to pass to
+        :meth:`take`, which then knows them by identity. (A scan's kernel is made once per
+        binding, each with lists of its own; comparing them costs more than a step.)"""
+        for seen in self._seen:
+            if seen[0] == kinds and seen[1] == sources:
+                return seen
+        if len(self._seen) < 8:  # (a bounded memory: a batch size changes rarely)
+            self._seen.append((kinds, sources))
+        return kinds, sources
 
     def take(
         self, kinds: Sequence[Kind], steps: int, sources: Sequence[Source]

@@ -161,6 +161,7 @@ class Scan(BodyOp):
             from rgraph.exec.stacks import Stacks
 
             stacks = _kept(ctx, "stacks", a.body, lambda: Stacks(a.reverse))
+            kinds, y_sources = stacks.shared(kinds, y_sources)
 
         def scan(*args):
             xs = args[nc : nc + nx]
