@@ -97,8 +97,8 @@ class Stacks:
         self, kinds: Sequence[Kind], steps: int, sources: Sequence[Source]
     ) -> tuple[list[np.ndarray], list[list[np.ndarray]]] | None:
         """Arrays of ``steps`` rows of ``kinds``, and the rows of ``sources`` in them in the
-        order the steps visit them (a forward list may run on past ``steps``); None when
-        the arrays would not all be small.
+        order the steps visit them (a list may run on past ``steps``); None when the arrays
+        would not all be small.
 
         ``sources`` are ``(n, None)`` for the rows of array ``n``, ``(n, index)`` for those
         of the piece ``array[index]`` (``index`` starts with ``slice(None)``). The rows are
@@ -111,8 +111,7 @@ class Stacks:
             if not capacity or not all(small((capacity, *s), d) for s, d in kinds):
                 return None
             stack = self._local.stack = _Stack(kinds, capacity, sources, self.reverse)
-        arrays = [a[:steps] for a in stack.arrays]
-        if not self.reverse or steps == stack.capacity:
-            return arrays, stack.rows
-        skip = stack.capacity - steps
-        return arrays, [rows[skip:] for rows in stack.rows]
+        if self.reverse:  # (the last rows: those its lists, last row first, begin with)
+            skip = stack.capacity - steps
+            return [a[skip:] for a in stack.arrays], stack.rows
+        return [a[:steps] for a in stack.arrays], stack.rows
