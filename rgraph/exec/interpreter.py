@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import operator
+import sys
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -95,6 +97,9 @@ class Interpreter:
         self._cache: dict = {}
         self._flat: FlatSchedule | None = None
         self._loop: LoopSchedule | None = None
+        # A loop's small step buffers, per thread, by their shapes and dtypes: those of
+        # every sequence length alike (see loop).
+        self._buffers: dict[tuple, threading.local] = {}
         self._runs: dict[int, tuple[list[Step], Any]] = {}  # id of steps -> (steps, bound)
         # Where runs given arrays for outputs write them (see run's ``into``), by binding.
         self._placements: dict[tuple, list[Placement]] = {}
@@ -605,14 +610,14 @@ class Interpreter:
         consts: list[Any] = [None] * len(self.slot)  # (read only: runs may share it)
         for slot, arr in self.consts:
             consts[slot] = arr
-        makers = [
-            self.memory.maker(
+        kinds = [
+            (
                 tuple(dims.evaluate(d, binding) for d in nodes[i].outputs[0].type.shape),
                 nodes[i].outputs[0].type.np_dtype,
-                (id(self), i),
             )
             for i in sched.buffered
         ]
+        makers = [self.memory.maker(*kind, (id(self), i)) for kind, i in zip(kinds, sched.buffered)]
         # Where each row comes from: a stacked array, or a piece cut from it (its index
         # there has one more leading axis than in a row).
         ctx = KernelContext(dict(binding))
@@ -626,9 +631,24 @@ class Interpreter:
         x_sources = [source(n, piece) for kind, n, piece in sched.sources if kind == "x"]
         y_sources = [source(n, piece) for kind, n, piece in sched.sources if kind == "y"]
 
+        kept = None
+        if all(small(*kind) for kind in kinds):
+            kept = self._buffers.setdefault(tuple(kinds), threading.local())
+
+        def take_buffers() -> list[np.ndarray]:
+            """This thread's small buffers of before if no value made from them lives on (a
+            final carry the caller keeps: see Stacks), else new ones; large ones come from
+            the arena (which holds them apart in the same way)."""
+            if kept is None:
+                return [make() for make in makers]
+            held = getattr(kept, "buffers", None)
+            if held is None or list(map(sys.getrefcount, held[0])) != held[1]:
+                arrays = [make() for make in makers]
+                held = kept.buffers = (arrays, list(map(sys.getrefcount, arrays)))
+            return held[0]
+
         def loop(carries, xs, invariants, ys, order, rows=None):
-            # Fresh buffers per run: concurrent runs of one program share nothing.
-            buffers = [make() for make in makers]
+            buffers = take_buffers()  # (per thread: concurrent runs share nothing)
             each = [_rows(xs[n] if c is None else xs[n][c], order) for n, c in x_sources]
             if rows is None:
                 rows = [_rows(ys[n] if c is None else ys[n][c], order) for n, c in y_sources]
