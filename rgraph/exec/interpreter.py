@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import operator
-import sys
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -21,6 +20,7 @@ from rgraph.errors import ExecutionError, FeedError, NonFiniteError
 from rgraph.exec.arena import ThreadArenas, small
 from rgraph.exec.packing import tiled
 from rgraph.exec.placement import Placement, plan
+from rgraph.exec.stacks import references
 from rgraph.ir import dims
 from rgraph.ir.graph import GraphIR, Node
 from rgraph.ir.op import KernelContext, get_op
@@ -642,9 +642,9 @@ class Interpreter:
             if kept is None:
                 return [make() for make in makers]
             held = getattr(kept, "buffers", None)
-            if held is None or list(map(sys.getrefcount, held[0])) != held[1]:
+            if held is None or references(held[0]) != held[1]:
                 arrays = [make() for make in makers]
-                held = kept.buffers = (arrays, list(map(sys.getrefcount, arrays)))
+                held = kept.buffers = (arrays, references(arrays))
             return held[0]
 
         def loop(carries, xs, invariants, ys, order, rows=None):

@@ -28,6 +28,13 @@ Kind = tuple[tuple[int, ...], np.dtype]  # one row's shape, and the dtype
 Source = tuple[int, Any]  # (the index of a stacked array, the index of a piece in it or None)
 
 
+def references(arrays: Sequence[np.ndarray]) -> list[int]:
+    """The arrays' reference counts. Equal to their counts when only their holder had
+    them, nothing made from them is alive (a numpy view references the array that owns
+    its memory): they are free to be written again."""
+    return list(map(sys.getrefcount, arrays))
+
+
 class _Stack:
     """Arrays for up to ``capacity`` steps with the row lists of ``sources``, in the
     order the steps visit them."""
@@ -44,10 +51,7 @@ class _Stack:
             list((self.arrays[n] if index is None else self.arrays[n][index])[::step])
             for n, index in sources
         ]
-        self.idle = self._references()
-
-    def _references(self) -> list[int]:
-        return list(map(sys.getrefcount, self.arrays))
+        self.idle = references(self.arrays)
 
     def serves(self, kinds: Sequence[Kind], steps: int, sources: Sequence[Source]) -> bool:
         """Whether it holds these arrays, long enough, and nothing else uses them."""
@@ -55,7 +59,7 @@ class _Stack:
             steps <= self.capacity
             and (kinds is self.kinds or kinds == self.kinds)
             and (sources is self.sources or sources == self.sources)
-            and self._references() == self.idle
+            and references(self.arrays) == self.idle
         )
 
 
