@@ -204,6 +204,26 @@ def test_a_map_computes_its_body_in_blocks(small_blocks):
     np.testing.assert_allclose(got, np.tanh(f["x"]) * f["w"] + (1.0 - f["v"]), rtol=1e-15)
 
 
+def test_a_map_in_blocks_reads_pieces_of_the_rows_it_reads_and_writes(small_blocks):
+    b = rg.Graph("pieces")
+    x, v = b.input("x", ("T", 2, 3)), b.input("v", ("T", 2, 3))
+    first, rest = b.split(x, axis=2, sizes=[1, 2])  # pieces of the xs' blocks
+    both = b.concat([rest, first, v], axis=2)  # written into the ys' blocks ...
+    left, _ = b.split(both, axis=2, sizes=[4, 2])  # ... and pieces of them read
+    b.output(both, name="both")
+    b.output(left * 2.0, name="left")
+    g = rg.Graph("outer")
+    xs = [g.input("x", ("T", 2, 3)), g.input("v", ("T", 2, 3))]
+    made = g.op("map", *xs, body=b.ir, dim="T", num_xs=2)
+    g.output(made[0], name="both")
+    g.output(made[1], name="left")
+    f = {k: RNG.uniform(-1, 1, (9, 2, 3)) for k in ("x", "v")}
+    got = rg.compile(g, ["both", "left"]).run(f).outputs
+    want = np.concatenate([f["x"][..., 1:], f["x"][..., :1], f["v"]], axis=2)
+    np.testing.assert_array_equal(got["both"], want)
+    np.testing.assert_array_equal(got["left"], want[..., :4] * 2.0)
+
+
 def test_an_error_in_a_block_names_its_rows(small_blocks):
     g = map_of(body_of(lambda b, x, v, w: b.log(x) * w + v))
     prog = rg.compile(g, ["y"])

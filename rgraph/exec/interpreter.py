@@ -575,14 +575,18 @@ class Interpreter:
 
         return run
 
-    def loop(self, binding: Mapping[str, int], num_carry: int, num_xs: int) -> Any:
+    def loop(
+        self, binding: Mapping[str, int], num_carry: int, num_xs: int, *, blocks: bool = False
+    ) -> Any:
         """This graph as a loop body: ``f(carries, xs, invariants, ys, order, rows=None)
         -> carries``.
 
         The inputs are the graph's, in order: ``num_carry`` carries, ``num_xs`` per-step
         values given stacked as ``xs`` (step ``t`` reads ``x[t]``), then invariants. The
         body runs once per step ``t`` in ``order``, writes its outputs after the carries
-        into ``ys[j][t]`` and returns the final carries. Errors name the step.
+        into ``ys[j][t]`` and returns the final carries. Errors name the step. With
+        ``blocks`` (a map's), each ``t`` is a slice, a block of rows that keeps the
+        leading axis the body's values have.
 
         The function's ``y_sources`` lists the rows it writes and reads from ``ys``: ``(j,
         None)`` for those of ``ys[j]``, ``(j, index)`` for those of the piece
@@ -619,14 +623,15 @@ class Interpreter:
         ]
         makers = [self.memory.maker(*kind, (id(self), i)) for kind, i in zip(kinds, sched.buffered)]
         # Where each row comes from: a stacked array, or a piece cut from it (its index
-        # there has one more leading axis than in a row).
+        # there has one more leading axis than in a row, which a block keeps).
         ctx = KernelContext(dict(binding))
+        lead = () if blocks else (slice(None),)
 
         def source(n: int, piece: tuple[str, int, int] | None) -> tuple[int, tuple | None]:
             if piece is None:
                 return n, None
             facet, i, k = piece
-            return n, (slice(None), *_facet(facet, nodes[steps[i].node], ctx)[k])
+            return n, (*lead, *_facet(facet, nodes[steps[i].node], ctx)[k])
 
         x_sources = [source(n, piece) for kind, n, piece in sched.sources if kind == "x"]
         y_sources = [source(n, piece) for kind, n, piece in sched.sources if kind == "y"]

@@ -415,7 +415,7 @@ class Map(BodyOp):
         n = ctx.dims[dim]
         whole = n - n % rows
         blocks = [
-            (interpreter.loop({**ctx.dims, dim: size}, 0, nx), order)
+            (interpreter.loop({**ctx.dims, dim: size}, 0, nx, blocks=True), order)
             for size, order in (
                 (rows, [slice(i, i + rows) for i in range(0, whole, rows)]),
                 (n - whole, [slice(whole, n)]),
