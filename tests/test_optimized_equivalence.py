@@ -249,9 +249,9 @@ def check_random_graph(data):
 # ---- minimal cases the property test found -------------------------------------------
 
 
-def assert_optimised_matches(g, feeds, params):
-    plain = rg.compile(g, loss="loss", optimize=False)
-    fast = rg.compile(g, loss="loss")
+def assert_optimised_matches(g, feeds, params, wrt=None):
+    plain = rg.compile(g, loss="loss", wrt=wrt, optimize=False)
+    fast = rg.compile(g, loss="loss", wrt=wrt)
     for stage, ir in fast.stages.items():
         assert not rg.ir.verify.problems(ir), stage
     want, got = plain.run(feeds, params), fast.run(feeds, params)
@@ -292,6 +292,23 @@ def test_products_of_one_operand_where_one_weight_is_made_from_the_other_product
     assert_optimised_matches(
         g, {"x": rng.standard_normal((2, D))}, {"W": rng.standard_normal((D, D))}
     )
+
+
+def test_a_concat_of_pieces_read_as_their_whole_which_is_a_piece_split_again():
+    g = rg.Graph("pieces")  # merge_pieces once split that whole away while it was read
+    xs, h0 = g.input("xs", ("T", "B", D)), g.input("h0", ("B", D))
+    W = g.param("W", (D, D))
+
+    def step(b, carry, x):  # (all but the carry leaves the loop: hoisted)
+        both = b.concat([b.matmul(h0, W, transpose_b=True) for _ in "ab"], axis=-1)
+        _, middle, _ = b.split(both, axis=-1, sizes=[1, D, D - 1])
+        return [carry[0] + W], [h0, middle]
+
+    (last,), (h0s, middles) = g.scan(step, init=[g.full(shape=[D, D])], xs=[xs], reverse=True)
+    squares(g, [last, h0s, middles, h0 @ W])
+    rng = np.random.default_rng(4)
+    feeds = {"xs": rng.standard_normal((2, 1, D)), "h0": rng.standard_normal((1, D))}
+    assert_optimised_matches(g, feeds, {"W": rng.standard_normal((D, D))}, wrt=["W", "h0"])
 
 
 @pytest.mark.parametrize("nesting", ["split of a split", "split of a concat"])

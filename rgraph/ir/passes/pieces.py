@@ -315,8 +315,9 @@ class _Rewriter:
         if whole is not None and self.types[whole] == out.type:
             if out.name in self.outputs:  # an output keeps its name
                 self._add("identity", (whole,), (out,), {}, concat.loc)
-            else:  # consumers read the whole
+            else:  # consumers read the whole (rules that count its readers count them)
                 self.renames[out.name] = whole
+                self.users[whole].extend(self.users[out.name])
             self.removed.add(id(concat))
             return
         if self._pieces_in_concat(concat, axis):
